@@ -1,0 +1,104 @@
+"""Merging per-class probabilities into one label map.
+
+Product of complements: p_bg = prod_c (1 - p_c), label = argmax over {p_bg, p_1..p_K};
+ties go to the background, then to the lower label. The volume is processed in z-slabs and
+each class only where it can be nonzero, so no full-volume float map is ever held per class.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from .case_io import ClassPrompt
+from .field_of_view import FieldOfView, upsample_region
+
+SLAB_VOXELS = 1 << 24  # ~16 M voxels per slab: a few float32 slab buffers stay well under 1 GB
+# Network probabilities are stored as float16 and kept strictly below 1 (the largest float16
+# under 1), so that a certain mask (p = 1: a kept previous prediction) always wins a tie.
+NETWORK_P_MAX = 1 - 2**-11
+
+
+@dataclass(frozen=True)
+class PatchProbability:
+    """Network output: foreground probability on the patch grid of a field of view."""
+
+    label: int
+    fov: FieldOfView
+    probs: torch.Tensor
+
+    @classmethod
+    def from_network(cls, label: int, fov: FieldOfView, probs: torch.Tensor) -> "PatchProbability":
+        return cls(label, fov, probs.half().clamp(max=NETWORK_P_MAX))
+
+    def region(self, shape) -> list[list[int]] | None:
+        return self.fov.inside(shape)
+
+    def values(self, region: list[list[int]]) -> torch.Tensor:
+        return upsample_region(self.probs.float(), self.fov, region)
+
+
+@dataclass(frozen=True)
+class MaskProbability:
+    """A hard mask with probability 1 inside: a kept previous prediction or a fallback box.
+
+    `labels` is a label map of the whole volume (the mask is `labels == label`), or None
+    when the mask is the whole `bounds` region.
+    """
+
+    label: int
+    bounds: list[list[int]]
+    labels: np.ndarray | None = None
+
+    def region(self, shape) -> list[list[int]] | None:
+        box = [[max(a, 0), min(b, n)] for (a, b), n in zip(self.bounds, shape)]
+        return box if all(a < b for a, b in box) else None
+
+    def values(self, region: list[list[int]]) -> torch.Tensor:
+        if self.labels is None:
+            return torch.ones([b - a for a, b in region])
+        sub = self.labels[tuple(slice(a, b) for a, b in region)]
+        return torch.from_numpy(sub == self.label).float()
+
+
+ClassProbability = PatchProbability | MaskProbability
+
+
+def fuse_classes(shape: tuple[int, int, int], classes: list[ClassProbability]) -> np.ndarray:
+    """The uint8 label map of the product-of-complements rule."""
+    out = np.zeros(shape, dtype=np.uint8)
+    regions = [(c, c.region(shape)) for c in sorted(classes, key=lambda c: c.label)]
+    regions = [(c, r) for c, r in regions if r is not None]
+    slab = max(1, SLAB_VOXELS // (shape[1] * shape[2]))
+    for z0 in range(0, shape[0], slab):
+        z1 = min(z0 + slab, shape[0])
+        log_bg = torch.zeros((z1 - z0, shape[1], shape[2]))
+        best_p = torch.zeros_like(log_bg)
+        best_label = torch.zeros(log_bg.shape, dtype=torch.uint8)
+        for cls, (zr, yr, xr) in regions:
+            lo, hi = max(zr[0], z0), min(zr[1], z1)
+            if lo >= hi:
+                continue
+            p = cls.values([[lo, hi], yr, xr])
+            window = (slice(lo - z0, hi - z0), slice(*yr), slice(*xr))
+            log_bg[window] += torch.log1p(-p.clamp(max=1.0))
+            better = p > best_p[window]
+            best_p[window] = torch.where(better, p, best_p[window])
+            best_label[window] = torch.where(better, torch.tensor(cls.label, dtype=torch.uint8), best_label[window])
+        wins = best_p > torch.exp(log_bg)
+        out[z0:z1] = torch.where(wins, best_label, torch.zeros_like(best_label)).numpy()
+    return out
+
+
+def apply_clicks(labels: np.ndarray, prompts: list[ClassPrompt]) -> np.ndarray:
+    """Clicked voxels keep what the user said: a bg click removes its class there, an fg click sets it."""
+    for p in prompts:
+        if len(p.bg):
+            z, y, x = p.bg.T
+            labels[z, y, x] = np.where(labels[z, y, x] == p.label, 0, labels[z, y, x])
+    for p in prompts:
+        if len(p.fg):
+            z, y, x = p.fg.T
+            labels[z, y, x] = p.label
+    return labels

@@ -1,0 +1,43 @@
+"""Image intensity normalisation: statistics computed once per case, applied per patch."""
+from __future__ import annotations
+
+import numpy as np
+
+METHODS = ("zscore_nonzero_bbox", "zscore", "unit")
+
+
+def intensity_stats(image: np.ndarray, method: str) -> tuple[float, float]:
+    """(mean, std) such that (image - mean) / std is the network's image channel."""
+    if method == "unit":
+        return 0.0, 255.0
+    if method == "zscore_nonzero_bbox":  # nnInteractive: statistics over the bounding box of nonzero voxels
+        region = image[_nonzero_slices(image)]
+    elif method == "zscore":
+        region = image
+    else:
+        raise ValueError(f"normalisation must be one of {METHODS}, got {method!r}")
+    mean, std = _mean_std(region)
+    return mean, max(std, 1e-8)
+
+
+def _nonzero_slices(image: np.ndarray) -> tuple[slice, ...]:
+    slices = []
+    for axis in range(image.ndim):
+        other = tuple(a for a in range(image.ndim) if a != axis)
+        # projections need no full-size temporary, unlike `image != 0`
+        profile = np.nonzero((image.max(axis=other) != 0) | (image.min(axis=other) != 0))[0]
+        if len(profile) == 0:
+            return tuple(slice(None) for _ in range(image.ndim))
+        slices.append(slice(profile[0], profile[-1] + 1))
+    return tuple(slices)
+
+
+def _mean_std(region: np.ndarray) -> tuple[float, float]:
+    if region.dtype == np.uint8:  # exact and without a float copy of a volume that may be 500 MB
+        counts = np.bincount(region.reshape(-1), minlength=256).astype(np.float64)
+        values = np.arange(256, dtype=np.float64)
+        n = counts.sum()
+        mean = (counts * values).sum() / n
+        return float(mean), float(np.sqrt((counts * (values - mean) ** 2).sum() / n))
+    values = region.astype(np.float64, copy=False)
+    return float(values.mean()), float(values.std())

@@ -1,0 +1,132 @@
+"""One class of one case: choose the field of view, build the network input, run, zoom out if needed."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import cc3d
+import numpy as np
+import torch
+
+from .case_io import Case, ClassPrompt
+from .field_of_view import Bounds, FieldOfView, fit, points_bounds, sample_area, sample_linear, union
+from .fusion import ClassProbability, MaskProbability, PatchProbability
+from .model import Model
+from .normalisation import intensity_stats
+from .prompts import box_bounds, prompt_channels, stack_channels
+
+ZOOM_OUT_STEP = 1.5
+# nnInteractive's AutoZoom thresholds (1500 / 100 voxels on a 192^2 face) as fractions of a face.
+BORDER_CHANGED_FRACTION = 1500 / 192**2
+BORDER_MIN_FRACTION = 100 / 192**2
+BORDER_RELATIVE_CHANGE = 0.2
+
+
+@dataclass
+class PreparedCase:
+    """What every class of a case shares: the case, intensity statistics, previous-label bounds."""
+
+    case: Case
+    mean: float
+    std: float
+    prev_bounds: dict[int, Bounds]
+
+
+@dataclass
+class ClassOutcome:
+    probability: ClassProbability | None
+    how: str  # one line for the progress log
+
+
+def prepare(case: Case, model: Model) -> PreparedCase:
+    mean, std = intensity_stats(case.image, model.spec.normalisation)
+    return PreparedCase(case, mean, std, label_bounds(case.prev_pred))
+
+
+def label_bounds(labels: np.ndarray | None) -> dict[int, Bounds]:
+    """Closed bounds of every nonzero label, in one pass over the volume."""
+    if labels is None or not labels.any():
+        return {}
+    stats = cc3d.statistics(labels, no_slice_conversion=True)
+    bounds = {}
+    for label, (count, bb) in enumerate(zip(stats["voxel_counts"], stats["bounding_boxes"])):
+        if label > 0 and count > 0:
+            z0, z1, y0, y1, x0, x1 = (int(v) for v in bb)
+            bounds[label] = ((z0, y0, x0), (z1, y1, x1))
+    return bounds
+
+
+def prompt_bounds(prepared: PreparedCase, prompt: ClassPrompt) -> Bounds | None:
+    """Union of everything the user gave for this class: box, every click, the previous prediction."""
+    box = box_bounds(prompt.box, "slab") if prompt.box is not None else None
+    return union(box, points_bounds(prompt.clicks), prepared.prev_bounds.get(prompt.label))
+
+
+def network_input(model: Model, prepared: PreparedCase, prompt: ClassPrompt, fov: FieldOfView) -> torch.Tensor:
+    case = prepared.case
+    image = (sample_linear(case.image, fov, pad_value=prepared.mean) - prepared.mean) / prepared.std
+    named = {"image": image, "prev_seg": previous_channel(prepared, prompt.label, fov)}
+    named.update(prompt_channels(prompt, fov, model.spec.prompts))
+    return stack_channels(named, model.spec.channels)
+
+
+def previous_channel(prepared: PreparedCase, label: int, fov: FieldOfView) -> torch.Tensor:
+    bounds = prepared.prev_bounds.get(label)
+    if bounds is None:
+        return torch.zeros((fov.patch,) * 3)
+    (z0, y0, x0), (z1, y1, x1) = bounds
+    mask = prepared.case.prev_pred[z0:z1 + 1, y0:y1 + 1, x0:x1 + 1] == label
+    return sample_area(mask, (z0, y0, x0), fov)
+
+
+def border_changed(pred: torch.Tensor, prev: torch.Tensor) -> bool:
+    """AutoZoom's test: did the prediction change on a face of the patch (so the object goes on)?"""
+    face = pred.shape[0] * pred.shape[1]
+    for axis in range(3):
+        for end in (0, -1):
+            new, old = pred.select(axis, end), prev.select(axis, end)
+            changed = int((new != old).sum())
+            if changed > BORDER_CHANGED_FRACTION * face:
+                return True
+            if changed > BORDER_MIN_FRACTION * face and changed > BORDER_RELATIVE_CHANGE * int(old.sum()):
+                return True
+    return False
+
+
+def segment_class(model: Model, prepared: PreparedCase, prompt: ClassPrompt) -> ClassOutcome:
+    """Probability for one class; keeps the previous prediction when the user had nothing to fix."""
+    if prompt.done and prompt.label in prepared.prev_bounds:
+        return ClassOutcome(keep_previous(prepared, prompt.label), "kept (no error left)")
+    bounds = prompt_bounds(prepared, prompt)
+    if bounds is None:
+        return ClassOutcome(None, "no prompt: empty")
+    fov = fit(bounds, model.spec.patch_size)
+    x = network_input(model, prepared, prompt, fov)
+    probs = model.probability(x)
+    passes = 1
+    if prompt.box is None:  # without a box the extent is unknown: zoom out while the object runs off the patch
+        prev = x[model.spec.channels.index("prev_seg")] > 0.5 if "prev_seg" in model.spec.channels else None
+        prev = torch.zeros_like(probs, dtype=torch.bool) if prev is None else prev
+        while fov.zoom < model.spec.max_zoom and border_changed(probs > 0.5, prev):
+            fov = fov.zoomed_out(ZOOM_OUT_STEP, model.spec.max_zoom)
+            x = network_input(model, prepared, prompt, fov)
+            probs = model.probability(x)
+            passes += 1
+            if "prev_seg" in model.spec.channels:
+                prev = x[model.spec.channels.index("prev_seg")] > 0.5
+    source = "box" if prompt.box is not None else "clicks"
+    how = f"{source}, {len(prompt.order)} rounds, zoom {fov.zoom:.2f}, {passes} pass{'es' * (passes > 1)}"
+    return ClassOutcome(PatchProbability.from_network(prompt.label, fov, probs), how)
+
+
+def keep_previous(prepared: PreparedCase, label: int) -> MaskProbability:
+    lo, hi = prepared.prev_bounds[label]
+    return MaskProbability(label, [[a, b + 1] for a, b in zip(lo, hi)], prepared.case.prev_pred)
+
+
+def fallback(prepared: PreparedCase, prompt: ClassPrompt) -> MaskProbability | None:
+    """When a class fails: its previous prediction, else its box, else nothing."""
+    if prompt.label in prepared.prev_bounds:
+        return keep_previous(prepared, prompt.label)
+    if prompt.box is not None:
+        return MaskProbability(prompt.label, [[a, b + 1] for a, b in zip(prompt.box.lo, prompt.box.hi)])
+    return None

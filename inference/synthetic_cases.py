@@ -1,0 +1,89 @@
+"""Small synthetic challenge cases (ellipsoids in noise) for the demo, the tests and benchmarks.
+
+Files are written with exactly the keys the evaluator uses, so they exercise the same
+reader as real cases; `gts` is kept in the demo files so the harness can score them.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+
+def make_volume(shape: tuple[int, int, int], n_objects: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """(image uint8, labels uint8): `n_objects` non-overlapping-ish ellipsoids, labels 1..n, in noise."""
+    rng = np.random.default_rng(seed)
+    shape_arr = np.asarray(shape)
+    grid = np.indices(shape, dtype=np.float32)
+    labels = np.zeros(shape, dtype=np.uint8)
+    image = rng.normal(40, 12, size=shape).astype(np.float32)
+    for label in range(1, n_objects + 1):
+        radii = np.maximum(shape_arr * rng.uniform(0.12, 0.22, size=3), 2.0)
+        centre = rng.uniform(radii + 1, shape_arr - radii - 1)
+        inside = sum(((g - c) / r) ** 2 for g, c, r in zip(grid, centre, radii)) <= 1.0
+        inside &= labels == 0
+        labels[inside] = label
+        image[inside] += 60 + 120 * label / n_objects
+    return np.clip(image, 0, 255).astype(np.uint8), labels
+
+
+def challenge_box(mask: np.ndarray) -> dict:
+    """The organisers' box for one object: closed z-range, tight 2D box on the middle annotated slice."""
+    z = np.unique(np.nonzero(mask)[0])
+    z_mid = int(z[len(z) // 2])
+    ys, xs = np.nonzero(mask[z_mid])
+    return {
+        "z_min": int(z[0]), "z_max": int(z[-1]), "z_mid": z_mid,
+        "z_mid_x_min": int(xs.min()), "z_mid_y_min": int(ys.min()),
+        "z_mid_x_max": int(xs.max()), "z_mid_y_max": int(ys.max()),
+    }
+
+
+def deepest_voxel(mask: np.ndarray) -> list[int]:
+    """The voxel farthest from the mask's border (a stand-in for the simulated user's first click)."""
+    import edt
+
+    dist = edt.edt(mask.astype(np.uint8), black_border=True)
+    return [int(v) for v in np.unravel_index(np.argmax(dist), mask.shape)]
+
+
+def case_arrays(image: np.ndarray, labels: np.ndarray, spacing_xyz=(1.0, 1.0, 2.0), boxes: bool = True,
+                rounds: int = 0, prev_pred: np.ndarray | None = None, keep_gts: bool = True) -> dict:
+    """The npz keys of one call: boxes if asked, `rounds` fg clicks per class at the object centre."""
+    n = int(labels.max())
+    arrays = {"imgs": image, "spacing": np.asarray(spacing_xyz, dtype=np.float64)}
+    if keep_gts:
+        arrays["gts"] = labels
+    if boxes:
+        arrays["boxes"] = np.array([challenge_box(labels == c) for c in range(1, n + 1)], dtype=object)
+    if rounds:
+        centres = [deepest_voxel(labels == c) for c in range(1, n + 1)]
+        arrays["clicks"] = np.array([{"fg": [c] * rounds, "bg": []} for c in centres], dtype=object)
+        arrays["clicks_order"] = np.array([["fg"] * rounds for _ in range(n)], dtype=object)
+        arrays["prev_pred"] = prev_pred if prev_pred is not None else np.zeros_like(labels)
+    return arrays
+
+
+def write_case(path: Path, arrays: dict) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    np.savez_compressed(path, **arrays)
+    return path
+
+
+def write_demo_cases(folder: Path) -> list[Path]:
+    """Three small cases covering the call kinds: box call, no-box click round, box + clicks + prev_pred."""
+    image, labels = make_volume((40, 96, 96), n_objects=2, seed=1)
+    mr_image, mr_labels = make_volume((24, 112, 112), n_objects=1, seed=2)
+    return [
+        write_case(folder / "CT_demo_box.npz", case_arrays(image, labels, boxes=True)),
+        write_case(folder / "MR_demo_nobox.npz", case_arrays(mr_image, mr_labels, (0.8, 0.8, 4.0), boxes=False, rounds=1)),
+        write_case(folder / "CT_demo_round2.npz",
+                   case_arrays(image, labels, boxes=True, rounds=2, prev_pred=(labels == 1).astype(np.uint8))),
+    ]
+
+
+if __name__ == "__main__":
+    import sys
+
+    for p in write_demo_cases(Path(sys.argv[1] if len(sys.argv) > 1 else "demo/inputs")):
+        print(p)
