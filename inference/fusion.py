@@ -73,21 +73,26 @@ def fuse_classes(shape: tuple[int, int, int], classes: list[ClassProbability]) -
     slab = max(1, SLAB_VOXELS // (shape[1] * shape[2]))
     for z0 in range(0, shape[0], slab):
         z1 = min(z0 + slab, shape[0])
-        log_bg = torch.zeros((z1 - z0, shape[1], shape[2]))
-        best_p = torch.zeros_like(log_bg)
-        best_label = torch.zeros(log_bg.shape, dtype=torch.uint8)
-        for cls, (zr, yr, xr) in regions:
+        here = [(c, r) for c, r in regions if r[0][0] < z1 and r[0][1] > z0]
+        if not here:
+            continue  # no class reaches this slab: background, already zero
+        # work only on the block the classes cover; outside it every p_c = 0, so background
+        y0, y1 = min(r[1][0] for _, r in here), max(r[1][1] for _, r in here)
+        x0, x1 = min(r[2][0] for _, r in here), max(r[2][1] for _, r in here)
+        block = (z1 - z0, y1 - y0, x1 - x0)
+        log_bg = torch.zeros(block)
+        best_p = torch.zeros(block)
+        best_label = torch.zeros(block, dtype=torch.uint8)
+        for cls, (zr, yr, xr) in here:
             lo, hi = max(zr[0], z0), min(zr[1], z1)
-            if lo >= hi:
-                continue
             p = cls.values([[lo, hi], yr, xr])
-            window = (slice(lo - z0, hi - z0), slice(*yr), slice(*xr))
+            window = (slice(lo - z0, hi - z0), slice(yr[0] - y0, yr[1] - y0), slice(xr[0] - x0, xr[1] - x0))
             log_bg[window] += torch.log1p(-p.clamp(max=1.0))
             better = p > best_p[window]
             best_p[window] = torch.where(better, p, best_p[window])
             best_label[window] = torch.where(better, torch.tensor(cls.label, dtype=torch.uint8), best_label[window])
         wins = best_p > torch.exp(log_bg)
-        out[z0:z1] = torch.where(wins, best_label, torch.zeros_like(best_label)).numpy()
+        out[z0:z1, y0:y1, x0:x1] = torch.where(wins, best_label, torch.zeros_like(best_label)).numpy()
     return out
 
 

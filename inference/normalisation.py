@@ -4,6 +4,7 @@ from __future__ import annotations
 import numpy as np
 
 METHODS = ("zscore_nonzero_bbox", "zscore", "unit")
+SLAB_VOXELS = 1 << 24
 
 
 def intensity_stats(image: np.ndarray, method: str) -> tuple[float, float]:
@@ -33,8 +34,11 @@ def _nonzero_slices(image: np.ndarray) -> tuple[slice, ...]:
 
 
 def _mean_std(region: np.ndarray) -> tuple[float, float]:
-    if region.dtype == np.uint8:  # exact and without a float copy of a volume that may be 500 MB
-        counts = np.bincount(region.reshape(-1), minlength=256).astype(np.float64)
+    if region.dtype == np.uint8:  # exact, and slab by slab: bincount casts to int64 (8x the slab)
+        counts = np.zeros(256, dtype=np.float64)
+        step = max(1, SLAB_VOXELS // max(region[0].size, 1))
+        for z in range(0, region.shape[0], step):
+            counts += np.bincount(region[z:z + step].reshape(-1), minlength=256)
         values = np.arange(256, dtype=np.float64)
         n = counts.sum()
         mean = (counts * values).sum() / n
