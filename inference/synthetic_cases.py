@@ -9,6 +9,9 @@ from pathlib import Path
 
 import numpy as np
 
+from .harness.boxes import organiser_boxes
+from .harness.simulated_user import simulate_round
+
 
 def make_volume(shape: tuple[int, int, int], n_objects: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
     """(image uint8, labels uint8): `n_objects` non-overlapping-ish ellipsoids, labels 1..n, in noise."""
@@ -27,37 +30,18 @@ def make_volume(shape: tuple[int, int, int], n_objects: int, seed: int = 0) -> t
     return np.clip(image, 0, 255).astype(np.uint8), labels
 
 
-def challenge_box(mask: np.ndarray) -> dict:
-    """The organisers' box for one object: closed z-range, tight 2D box on the middle annotated slice."""
-    z = np.unique(np.nonzero(mask)[0])
-    z_mid = int(z[len(z) // 2])
-    ys, xs = np.nonzero(mask[z_mid])
-    return {
-        "z_min": int(z[0]), "z_max": int(z[-1]), "z_mid": z_mid,
-        "z_mid_x_min": int(xs.min()), "z_mid_y_min": int(ys.min()),
-        "z_mid_x_max": int(xs.max()), "z_mid_y_max": int(ys.max()),
-    }
-
-
-def deepest_voxel(mask: np.ndarray) -> list[int]:
-    """The voxel farthest from the mask's border (a stand-in for the simulated user's first click)."""
-    import edt
-
-    dist = edt.edt(mask.astype(np.uint8), black_border=True)
-    return [int(v) for v in np.unravel_index(np.argmax(dist), mask.shape)]
-
-
 def case_arrays(image: np.ndarray, labels: np.ndarray, spacing_xyz=(1.0, 1.0, 2.0), boxes: bool = True,
                 rounds: int = 0, prev_pred: np.ndarray | None = None, keep_gts: bool = True) -> dict:
-    """The npz keys of one call: boxes if asked, `rounds` fg clicks per class at the object centre."""
+    """The npz keys of one call: boxes if asked (organiser rule, no widening), and `rounds` copies
+    of each class's first click from the simulated user (given an empty prediction)."""
     n = int(labels.max())
     arrays = {"imgs": image, "spacing": np.asarray(spacing_xyz, dtype=np.float64)}
     if keep_gts:
         arrays["gts"] = labels
     if boxes:
-        arrays["boxes"] = np.array([challenge_box(labels == c) for c in range(1, n + 1)], dtype=object)
+        arrays["boxes"] = np.array(organiser_boxes(labels), dtype=object)
     if rounds:
-        centres = [deepest_voxel(labels == c) for c in range(1, n + 1)]
+        centres = [list(c.voxel) for c in simulate_round(np.zeros_like(labels), labels, list(range(1, n + 1)))]
         arrays["clicks"] = np.array([{"fg": [c] * rounds, "bg": []} for c in centres], dtype=object)
         arrays["clicks_order"] = np.array([["fg"] * rounds for _ in range(n)], dtype=object)
         arrays["prev_pred"] = prev_pred if prev_pred is not None else np.zeros_like(labels)

@@ -2,10 +2,10 @@
 
     .venv/bin/python scripts/benchmark_calls.py [--shape 64 256 256] [--classes 1] [--no-box] [--model DIR]
 
-A case with boxes gets 6 calls (box, then 5 click rounds), one without gets 5. Each round's
-click goes to the deepest voxel of the remaining error of each class (a stand-in for the
-official simulated user, enough for timing). Prints seconds per call, the total, and the
-share of the budget (90 s x classes) it uses. Target on a 2-core CPU: 1 class <= 45 s.
+A case with boxes gets 6 calls (box, then 5 click rounds), one without gets 5; each round's
+clicks come from the harness's simulated user (the official rule). Prints seconds per call,
+the total, and the share of the budget (90 s x classes) it uses. Target on a 2-core CPU:
+1 class <= 45 s.
 """
 from __future__ import annotations
 
@@ -21,23 +21,20 @@ import numpy as np
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
-from inference.synthetic_cases import case_arrays, deepest_voxel, make_volume, write_case  # noqa: E402
+from inference.harness.simulated_user import simulate_round  # noqa: E402
+from inference.synthetic_cases import case_arrays, make_volume, write_case  # noqa: E402
 
 BUDGET_PER_CLASS = 90.0
 
 
 def next_clicks(arrays: dict, labels: np.ndarray, segs: np.ndarray) -> None:
-    """Append one click (or None) per class to the call's `clicks` and `clicks_order`."""
-    for i in range(int(labels.max())):
-        label = i + 1
-        error = (segs == label) != (labels == label)
-        if not error.any():
+    """Append the simulated user's click (or None) per class to `clicks` and `clicks_order`."""
+    for i, click in enumerate(simulate_round(segs, labels, list(range(1, int(labels.max()) + 1)))):
+        if click is None:
             arrays["clicks_order"][i].append(None)
             continue
-        voxel = deepest_voxel(error)
-        kind = "fg" if labels[tuple(voxel)] == label else "bg"
-        arrays["clicks"][i][kind].append(voxel)
-        arrays["clicks_order"][i].append(kind)
+        arrays["clicks"][i][click.kind].append(list(click.voxel))
+        arrays["clicks_order"][i].append(click.kind)
 
 
 def run_protocol(image, labels, boxes: bool, model: str | None, workdir: Path) -> list[float]:

@@ -14,5 +14,5 @@ echo "torch==2.13.0" > "$constraint"
 $pip install torch==2.13.0
 $pip install -c "$constraint" -r requirements.txt
 $pip install -c "$constraint" --no-deps -r requirements-nodeps.txt
-$pip install -c "$constraint" -r requirements-dev.txt
+$pip install -c "$constraint" --no-warn-conflicts -r requirements-dev.txt
 ./.venv/bin/python -c "import torch; print('torch', torch.__version__, 'cuda build' if torch.version.cuda else 'cpu build')"

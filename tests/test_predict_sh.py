@@ -7,7 +7,8 @@ import pytest
 from inference.case_io import read_case
 from inference.predict import predict_case
 from inference.segment import prepare, segment_class
-from inference.synthetic_cases import case_arrays, deepest_voxel, make_volume, write_case
+from inference.harness.simulated_user import deepest_voxel
+from inference.synthetic_cases import case_arrays, make_volume, write_case
 
 
 def load_segs(path):
