@@ -65,9 +65,15 @@ class MaskProbability:
 ClassProbability = PatchProbability | MaskProbability
 
 
+def label_dtype(max_label: int) -> np.dtype:
+    """uint8 as the challenge expects; uint16 only when a case has more than 255 classes."""
+    return np.dtype(np.uint8 if max_label <= 255 else np.uint16)
+
+
 def fuse_classes(shape: tuple[int, int, int], classes: list[ClassProbability]) -> np.ndarray:
-    """The uint8 label map of the product-of-complements rule."""
-    out = np.zeros(shape, dtype=np.uint8)
+    """The label map of the product-of-complements rule (uint8, or uint16 beyond 255 labels)."""
+    out = np.zeros(shape, dtype=label_dtype(max((c.label for c in classes), default=0)))
+    torch_labels = torch.uint8 if out.dtype == np.uint8 else torch.int32
     regions = [(c, c.region(shape)) for c in sorted(classes, key=lambda c: c.label)]
     regions = [(c, r) for c, r in regions if r is not None]
     slab = max(1, SLAB_VOXELS // (shape[1] * shape[2]))
@@ -82,7 +88,7 @@ def fuse_classes(shape: tuple[int, int, int], classes: list[ClassProbability]) -
         block = (z1 - z0, y1 - y0, x1 - x0)
         log_bg = torch.zeros(block)
         best_p = torch.zeros(block)
-        best_label = torch.zeros(block, dtype=torch.uint8)
+        best_label = torch.zeros(block, dtype=torch_labels)
         for cls, (zr, yr, xr) in here:
             lo, hi = max(zr[0], z0), min(zr[1], z1)
             p = cls.values([[lo, hi], yr, xr])
@@ -90,7 +96,7 @@ def fuse_classes(shape: tuple[int, int, int], classes: list[ClassProbability]) -
             log_bg[window] += torch.log1p(-p.clamp(max=1.0))
             better = p > best_p[window]
             best_p[window] = torch.where(better, p, best_p[window])
-            best_label[window] = torch.where(better, torch.tensor(cls.label, dtype=torch.uint8), best_label[window])
+            best_label[window] = torch.where(better, torch.tensor(cls.label, dtype=torch_labels), best_label[window])
         wins = best_p > torch.exp(log_bg)
         out[z0:z1, y0:y1, x0:x1] = torch.where(wins, best_label, torch.zeros_like(best_label)).numpy()
     return out

@@ -8,6 +8,7 @@ network is built by nnunetv2's `get_network_from_plans`.
 from __future__ import annotations
 
 import json
+import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -86,6 +87,17 @@ class Model:
     spec: ModelSpec
     network: torch.nn.Module
     device: torch.device
+
+    @property
+    def divisor(self) -> int:
+        """Patch sides must be multiples of this: the network's total downsampling."""
+        strides = self.spec.architecture["arch_kwargs"]["strides"]
+        return int(math.prod(s[0] if isinstance(s, (list, tuple)) else s for s in strides))
+
+    def to_cpu(self) -> None:
+        """Go on without the GPU (after it ran out of memory)."""
+        self.network.to("cpu")
+        self.device = torch.device("cpu")
 
     @torch.inference_mode()
     def probability(self, x: torch.Tensor) -> torch.Tensor:

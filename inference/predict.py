@@ -1,95 +1,242 @@
 """Segment every challenge case in a folder: `python -m inference [INPUT_DIR [OUTPUT_DIR]] [--model DIR]`.
 
+Every case always gets an answer of its image's shape. Each case gets a time budget (its
+share of 90 s x classes, see budget.py); classes are degraded in steps as the deadline
+nears (no AutoZoom, half patch, previous prediction or box), and a watchdog writes the best
+answer it has if a forward pass overruns.
+
 Exit code: 0 when every case was answered; 1 when some file could not be read at all (no
 image shape to answer with) or its answer could not be written; 2 when the model could not
 be loaded (every readable case then gets its fallback: previous prediction, else its
-boxes, else empty); 3 when the input folder does not exist.
+boxes, else empty); 3 when the input folder does not exist; 4 when the watchdog answered
+(time ran out in a forward pass; the remaining cases got their fallbacks).
 """
 from __future__ import annotations
 
 import argparse
 import os
 import sys
+import threading
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from .case_io import Case, CaseError, empty_segs, read_case, write_segs
-from .fusion import MaskProbability, apply_clicks, fuse_classes
+from .budget import CallBudget, call_index, process_started, read_ledger, record_call, share_seconds
+from .case_io import Case, CaseError, read_case, write_segs
+from .fusion import ClassProbability, MaskProbability, apply_clicks, fuse_classes
 from .model import Model, load_model
-from .segment import fallback, prepare, segment_class
+from .segment import Effort, PreparedCase, fallback, prepare, segment_class
 
 DEFAULT_INPUTS = "/workspace/inputs"
 DEFAULT_OUTPUTS = "/workspace/outputs"
 DEFAULT_MODEL = Path(__file__).resolve().parent.parent / "model_weights" / "default"
 MODEL_ENV = "SEGFM_MODEL"
+EXIT_WATCHDOG = 4
+FINISH_SECONDS_PER_GVOXEL = 8.0  # fusion + write of the answer, measured ~4 s on 0.48 G voxels (2 cores)
 
 
 def log(message: str) -> None:
     print(message, file=sys.stderr, flush=True)
 
 
-def predict_case(model: Model, case: Case) -> np.ndarray:
-    """The multiclass label map for one case; a class that fails falls back instead of failing the case."""
-    prepared = prepare(case, model)
-    classes = []
-    for i, prompt in enumerate(case.prompts):
-        t0 = time.perf_counter()
-        try:
-            outcome = segment_class(model, prepared, prompt)
-            probability, how = outcome.probability, outcome.how
-        except Exception as exc:  # one bad class must not cost the others
-            probability = fallback(prepared, prompt)
-            how = f"FAILED ({type(exc).__name__}: {exc}); fallback {'previous/box' if probability else 'empty'}"
-        if probability is not None:
-            classes.append(probability)
-        log(f"[{case.name}] class {i + 1}/{len(case.prompts)} (label {prompt.label}): {how}, "
-            f"{time.perf_counter() - t0:.1f} s")
-    return apply_clicks(fuse_classes(case.shape, classes), case.prompts)
+def finishing_seconds(case: Case) -> float:
+    """Time to keep for fusing and writing the answer."""
+    return 1.0 + FINISH_SECONDS_PER_GVOXEL * case.image.size / 1e9
+
+
+@dataclass
+class CaseRun:
+    """A case in progress: what the watchdog needs to answer it at any moment."""
+
+    case: Case
+    output: Path
+    classes: list[ClassProbability] = field(default_factory=list)
+    prepared: PreparedCase | None = None
+    lock: threading.Lock = field(default_factory=threading.Lock)
+    answered: bool = False
+
+    def answer(self, partial: bool = False) -> None:
+        """Fuse what is there (plus fallbacks for the classes not reached) and write it, once."""
+        with self.lock:
+            if self.answered:
+                return
+            classes = list(self.classes)
+            if partial:
+                done = {c.label for c in classes}
+                classes += [f for p in self.case.prompts if p.label not in done
+                            for f in [fallback_for(self.case, self.prepared, p)] if f is not None]
+            write_answer(self.output, self.case, apply_clicks(fuse_classes(self.case.shape, classes), self.case.prompts))
+            self.answered = True
+
+
+def fallback_for(case: Case, prepared: PreparedCase | None, prompt) -> ClassProbability | None:
+    if prepared is not None:
+        return fallback(prepared, prompt)
+    if prompt.box is not None:
+        return MaskProbability(prompt.label, [[a, b + 1] for a, b in zip(prompt.box.lo, prompt.box.hi)])
+    return None
 
 
 def fallback_segs(case: Case) -> np.ndarray:
     """Previous prediction, else the boxes, else empty: what a failed case answers."""
     if case.prev_pred is not None:
         return case.prev_pred
-    boxes = [MaskProbability(p.label, [[a, b + 1] for a, b in zip(p.box.lo, p.box.hi)])
-             for p in case.prompts if p.box is not None]
-    return fuse_classes(case.shape, boxes)
+    return fuse_classes(case.shape, [f for p in case.prompts for f in [fallback_for(case, None, p)] if f is not None])
 
 
-def run(input_dir: Path, output_dir: Path, model: Model | None) -> int:
+def write_answer(path: Path, case: Case, segs: np.ndarray) -> None:
+    """Write in the stored image's shape (the reader may have squeezed or padded axes)."""
+    write_segs(path, segs.reshape(getattr(case, "file_shape", case.shape)))
+
+
+def choose_effort(model: Model, left: float, pass_seconds: float | None, has_box: bool) -> Effort | None:
+    """Degrade in steps: full (with AutoZoom), one pass, one pass at half patch, nothing."""
+    patch = model.spec.patch_size
+    if pass_seconds is None or left >= pass_seconds * (1 if has_box else 2):
+        return Effort(patch, stop_zooming_at=time.monotonic() + left)
+    if left >= pass_seconds:
+        return Effort(patch, max_passes=1)
+    half = patch // 2
+    if left >= pass_seconds / 6 and half % model.divisor == 0:
+        return Effort(half, max_passes=1)
+    return None
+
+
+def segment_with_retries(model: Model, prepared: PreparedCase, prompt, effort: Effort):
+    """A CUDA out-of-memory error retries at half patch, then on the CPU."""
+    try:
+        return segment_class(model, prepared, prompt, effort)
+    except torch.OutOfMemoryError:
+        if model.device.type == "cuda":
+            torch.cuda.empty_cache()
+        half = effort.patch // 2
+        if half % model.divisor == 0 and half >= model.divisor:
+            log(f"[{prepared.case.name}] out of memory at patch {effort.patch}: retrying at {half}")
+            try:
+                return segment_class(model, prepared, prompt, Effort(half, max_passes=1))
+            except torch.OutOfMemoryError:
+                pass
+        if model.device.type != "cpu":
+            log(f"[{prepared.case.name}] out of memory again: moving the model to the CPU")
+            model.to_cpu()
+            return segment_class(model, prepared, prompt, Effort(half if half % model.divisor == 0 else effort.patch,
+                                                                   max_passes=1))
+        raise
+
+
+def predict_case(model: Model, case: Case, budget: CallBudget | None = None, run: CaseRun | None = None) -> np.ndarray:
+    """The label map for one case; classes degrade as the deadline nears and fall back if they fail."""
+    run = run or CaseRun(case, Path(os.devnull))
+    prepared = run.prepared = prepare(case, model)
+    reserve = finishing_seconds(case)
+    pass_seconds = None
+    for i, prompt in enumerate(case.prompts):
+        t0 = time.monotonic()
+        left = budget.left() - reserve if budget else float("inf")
+        effort = choose_effort(model, left, pass_seconds, prompt.box is not None)
+        probability = None
+        if effort is None:
+            probability = fallback(prepared, prompt)
+            how = f"budget: {left:.1f} s left, kept {'previous/box' if probability else 'nothing'}"
+        else:
+            try:
+                outcome = segment_with_retries(model, prepared, prompt, effort)
+                probability, how = outcome.probability, outcome.how
+                if outcome.passes:
+                    pass_seconds = (time.monotonic() - t0) / outcome.passes * (model.spec.patch_size / effort.patch) ** 3
+            except Exception as exc:  # one bad class must not cost the others
+                probability = fallback(prepared, prompt)
+                how = f"FAILED ({type(exc).__name__}: {exc}); fallback {'previous/box' if probability else 'empty'}"
+        if probability is not None:
+            run.classes.append(probability)
+        log(f"[{case.name}] class {i + 1}/{len(case.prompts)} (label {prompt.label}): {how}, "
+            f"{time.monotonic() - t0:.1f} s")
+    return apply_clicks(fuse_classes(case.shape, run.classes), case.prompts)
+
+
+def case_budget(case: Case, output_dir: Path, started: float) -> tuple[CallBudget, str, int]:
+    fingerprint = f"{case.shape}/{len(case.prompts)}/{case.has_boxes}"
+    index = call_index(case.round, case.has_boxes)
+    spent = read_ledger(output_dir, case.name, fingerprint)
+    seconds = share_seconds(len(case.prompts), case.has_boxes, case.round, spent)
+    return CallBudget(started, seconds), fingerprint, index
+
+
+def run(input_dir: Path, output_dir: Path, model: Model | None, use_budget: bool = True) -> int:
     """Answer every `.npz` in `input_dir`; without a model every case gets its fallback."""
     files = sorted(p for p in input_dir.iterdir() if p.suffix == ".npz" and p.is_file())
     if not files:
         log(f"no .npz files in {input_dir}")
     unanswered = 0
-    for path in files:
-        t0 = time.perf_counter()
+    started = process_started()
+    for n, path in enumerate(files):
         try:
             case = read_case(path)
         except CaseError as exc:
-            log(f"[{path.name}] ERROR: {exc}; no output written")
-            unanswered += 1
+            shape = getattr(exc, "file_shape", None)
+            log(f"[{path.name}] ERROR: {exc}; " + ("answering empty" if shape is not None else "no output written"))
+            if shape is None or not try_write(path, output_dir, lambda: np.zeros(shape, np.uint8)):
+                unanswered += 1
             continue
+        budget, fingerprint, index = case_budget(case, output_dir, started)
+        current = CaseRun(case, output_dir / path.name)
+        watchdog = None
+        if use_budget and model is not None:
+            log(f"[{path.name}] budget: call {index + 1} of {6 if case.has_boxes else 5}, "
+                f"{budget.seconds:.1f} s for this call ({budget.left():.1f} s left)")
+            watchdog = threading.Timer(max(budget.left(), 0.0), on_deadline, (current, files[n + 1:], output_dir))
+            watchdog.daemon = True
+            watchdog.start()
         try:
-            segs = predict_case(model, case) if model is not None else fallback_segs(case)
+            segs = predict_case(model, case, budget if use_budget else None, current) \
+                if model is not None else fallback_segs(case)
         except Exception as exc:  # e.g. out of memory: still answer with the right shape
             log(f"[{path.name}] ERROR: {type(exc).__name__}: {exc}; writing the fallback")
             segs = fallback_segs(case)
-        if segs.shape != case.shape or segs.dtype != np.uint8:
-            log(f"[{path.name}] ERROR: internal shape/dtype mismatch {segs.shape} {segs.dtype}; writing empty")
-            segs = empty_segs(case.shape)
+        if watchdog is not None:
+            watchdog.cancel()
         try:
-            write_segs(output_dir / path.name, segs)
+            with current.lock:
+                if not current.answered:
+                    write_answer(current.output, case, segs)
+                    current.answered = True
         except OSError as exc:  # unwritable folder or full disk: say so, go on with the next case
             log(f"[{path.name}] ERROR: cannot write the output: {exc}")
             unanswered += 1
             continue
+        record_call(output_dir, case.name, fingerprint, index, time.monotonic() - budget.started)
         log(f"[{path.name}] done: {len(case.prompts)} classes, shape {case.shape}, "
-            f"{time.perf_counter() - t0:.1f} s")
+            f"{time.monotonic() - budget.started:.1f} s since start")
+        started = time.monotonic()  # the next case in the folder gets its own budget
     return 1 if unanswered else 0
+
+
+def try_write(path: Path, output_dir: Path, make) -> bool:
+    try:
+        write_segs(output_dir / path.name, make())
+        return True
+    except OSError as exc:
+        log(f"[{path.name}] ERROR: cannot write the output: {exc}")
+        return False
+
+
+def on_deadline(current: CaseRun, remaining: list[Path], output_dir: Path) -> None:
+    """The watchdog: answer the case with what is there, answer the rest with fallbacks, exit."""
+    try:
+        log(f"[{current.case.name}] budget: deadline reached during a forward pass; answering with "
+            f"{len(current.classes)} of {len(current.case.prompts)} classes, the rest from fallbacks")
+        current.answer(partial=True)
+        for path in remaining:
+            try:
+                case = read_case(path)
+                write_answer(output_dir / path.name, case, fallback_segs(case))
+            except (CaseError, OSError) as exc:
+                log(f"[{path.name}] ERROR: {exc}")
+    finally:
+        os._exit(EXIT_WATCHDOG)  # the stuck forward pass cannot be interrupted otherwise
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -98,12 +245,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("output_dir", nargs="?", default=DEFAULT_OUTPUTS)
     parser.add_argument("--model", default=os.environ.get(MODEL_ENV) or str(DEFAULT_MODEL),
                         help=f"model folder (default: ${MODEL_ENV} or {DEFAULT_MODEL})")
+    parser.add_argument("--no-budget", action="store_true", help="no time budget, no watchdog (debugging)")
     args = parser.parse_args(argv)
     input_dir, output_dir = Path(args.input_dir), Path(args.output_dir)
     if not input_dir.is_dir():
         log(f"input folder {input_dir} does not exist")
         return 3
-    output_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        output_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        log(f"ERROR: cannot create the output folder {output_dir}: {exc}")
+        return 1
     torch.set_num_threads(len(os.sched_getaffinity(0)))
     t0 = time.perf_counter()
     try:
@@ -113,7 +265,7 @@ def main(argv: list[str] | None = None) -> int:
         log(f"ERROR: cannot load model {args.model}: {type(exc).__name__}: {exc}; answering with fallbacks")
         run(input_dir, output_dir, None)
         return 2
-    return run(input_dir, output_dir, model)
+    return run(input_dir, output_dir, model, use_budget=not args.no_budget)
 
 
 if __name__ == "__main__":

@@ -1,6 +1,8 @@
 """One class of one case: choose the field of view, build the network input, run, zoom out if needed."""
 from __future__ import annotations
 
+import math
+import time
 from dataclasses import dataclass
 
 import cc3d
@@ -21,6 +23,15 @@ BORDER_MIN_FRACTION = 100 / 192**2
 BORDER_RELATIVE_CHANGE = 0.2
 
 
+@dataclass(frozen=True)
+class Effort:
+    """How much work a class gets: patch side, AutoZoom passes, and when no new zoom-out may start."""
+
+    patch: int
+    max_passes: int = 5
+    stop_zooming_at: float = math.inf  # monotonic time
+
+
 @dataclass
 class PreparedCase:
     """What every class of a case shares: the case, intensity statistics, previous-label bounds."""
@@ -35,6 +46,7 @@ class PreparedCase:
 class ClassOutcome:
     probability: ClassProbability | None
     how: str  # one line for the progress log
+    passes: int = 0  # network forward passes it took
 
 
 def prepare(case: Case, model: Model) -> PreparedCase:
@@ -92,21 +104,26 @@ def border_changed(pred: torch.Tensor, prev: torch.Tensor) -> bool:
     return False
 
 
-def segment_class(model: Model, prepared: PreparedCase, prompt: ClassPrompt) -> ClassOutcome:
+def segment_class(model: Model, prepared: PreparedCase, prompt: ClassPrompt,
+                  effort: Effort | None = None) -> ClassOutcome:
     """Probability for one class; keeps the previous prediction when the user had nothing to fix."""
     if prompt.done and prompt.label in prepared.prev_bounds:
         return ClassOutcome(keep_previous(prepared, prompt.label), "kept (no error left)")
     bounds = prompt_bounds(prepared, prompt)
     if bounds is None:
         return ClassOutcome(None, "no prompt: empty")
-    fov = fit(bounds, model.spec.patch_size)
+    effort = effort or Effort(model.spec.patch_size)
+    fov = fit(bounds, effort.patch)
+    t0 = time.monotonic()
     x = network_input(model, prepared, prompt, fov)
     probs = model.probability(x)
-    passes = 1
+    passes, pass_seconds = 1, time.monotonic() - t0
     if prompt.box is None:  # without a box the extent is unknown: zoom out while the object runs off the patch
         prev = x[model.spec.channels.index("prev_seg")] > 0.5 if "prev_seg" in model.spec.channels else None
         prev = torch.zeros_like(probs, dtype=torch.bool) if prev is None else prev
-        while fov.zoom < model.spec.max_zoom and border_changed(probs > 0.5, prev):
+        while (fov.zoom < model.spec.max_zoom and passes < effort.max_passes
+               and time.monotonic() + pass_seconds < effort.stop_zooming_at
+               and border_changed(probs > 0.5, prev)):
             fov = fov.zoomed_out(ZOOM_OUT_STEP, model.spec.max_zoom)
             x = network_input(model, prepared, prompt, fov)
             probs = model.probability(x)
@@ -114,8 +131,9 @@ def segment_class(model: Model, prepared: PreparedCase, prompt: ClassPrompt) -> 
             if "prev_seg" in model.spec.channels:
                 prev = x[model.spec.channels.index("prev_seg")] > 0.5
     source = "box" if prompt.box is not None else "clicks"
-    how = f"{source}, {len(prompt.order)} rounds, zoom {fov.zoom:.2f}, {passes} pass{'es' * (passes > 1)}"
-    return ClassOutcome(PatchProbability.from_network(prompt.label, fov, probs), how)
+    how = (f"{source}, {len(prompt.order)} rounds, patch {effort.patch}, zoom {fov.zoom:.2f}, "
+           f"{passes} pass{'es' * (passes > 1)}")
+    return ClassOutcome(PatchProbability.from_network(prompt.label, fov, probs), how, passes)
 
 
 def keep_previous(prepared: PreparedCase, label: int) -> MaskProbability:

@@ -23,11 +23,17 @@ def default_model():
 
 @pytest.fixture
 def run_predict_sh():
-    """Run `sh predict.sh ARGS` from another folder, with this interpreter, as the evaluator would."""
+    """Run `sh predict.sh ARGS` from another folder, with this interpreter, as the evaluator would.
 
-    def run(*args: str, cwd: Path | None = None, env: dict | None = None) -> subprocess.CompletedProcess:
+    The time budget is off unless asked for: these tests are about answers, and a loaded machine
+    must not turn them into timing tests (tests/test_budget.py tests the budget and the watchdog).
+    """
+
+    def run(*args: str, cwd: Path | None = None, env: dict | None = None,
+            budget: bool = False) -> subprocess.CompletedProcess:
         environment = {**os.environ, "PYTHON": sys.executable, **(env or {})}
-        return subprocess.run(["sh", str(REPO / "predict.sh"), *map(str, args)], cwd=cwd or REPO.parent,
+        extra = [] if budget else ["--no-budget"]
+        return subprocess.run(["sh", str(REPO / "predict.sh"), *map(str, args), *extra], cwd=cwd or REPO.parent,
                               env=environment, capture_output=True, text=True, timeout=600)
 
     return run

@@ -7,7 +7,7 @@ import stat
 import numpy as np
 import pytest
 
-from inference.case_io import Box, CaseError, read_case, write_segs
+from inference.case_io import Box, CaseError, UnsupportedImage, read_case, write_segs
 from inference.synthetic_cases import case_arrays, make_volume, write_case
 
 SHAPE = (10, 12, 14)  # (z, y, x): every axis a different length, so swapped axes show
@@ -368,11 +368,24 @@ def test_missing_imgs_is_a_case_error(tmp_path):
     assert "imgs" in message
 
 
-@pytest.mark.parametrize("shape", [(12, 14), (2, 10, 12, 14), (0, 12, 14), (14,)])
-def test_images_that_are_not_non_empty_3d_are_a_case_error(tmp_path, shape):
+@pytest.mark.parametrize("shape", [(2, 10, 12, 14), (0, 12, 14), (14,), (1, 1, 1, 14), (1, 0, 12, 14), ()])
+def test_images_that_are_not_non_empty_3d_are_unsupported_with_their_shape(tmp_path, shape):
     path = _write(tmp_path, imgs=np.zeros(shape, dtype=np.uint8))
     message = _assert_one_line_case_error(path)
     assert "imgs" in message
+    with pytest.raises(UnsupportedImage) as info:  # the caller still answers zeros of the stored shape
+        read_case(path)
+    assert info.value.file_shape == shape
+
+
+@pytest.mark.parametrize("shape, segmented", [((12, 14), (1, 12, 14)), ((1, 10, 12, 14), (10, 12, 14)),
+                                               ((10, 1, 12, 14, 1), (10, 12, 14)), ((1, 1, 12, 14), (1, 12, 14))])
+def test_images_with_singleton_axes_are_segmented_in_3d_and_keep_their_file_shape(tmp_path, shape, segmented):
+    image = (np.arange(np.prod(shape)) % 200).astype(np.uint8).reshape(shape)
+    case = read_case(_write(tmp_path, imgs=image))
+    assert case.shape == segmented
+    assert case.file_shape == shape
+    np.testing.assert_array_equal(case.image.reshape(shape), image)
 
 
 def test_case_error_is_a_value_error():

@@ -4,6 +4,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from inference.budget import LEDGER_FILE
 from inference.case_io import read_case
 from inference.predict import predict_case
 from inference.segment import prepare, segment_class
@@ -41,7 +42,8 @@ def test_every_call_kind_gets_a_well_formed_answer(tmp_path, run_predict_sh, vol
     result = run_predict_sh(inputs, outputs)
 
     assert result.returncode == 0, result.stderr
-    assert sorted(p.name for p in outputs.iterdir()) == sorted(cases)  # nothing else, no temporary files
+    # nothing else but the budget ledger: no temporary files
+    assert sorted(p.name for p in outputs.iterdir() if p.name != LEDGER_FILE) == sorted(cases)
     for name, arrays in cases.items():
         segs = load_segs(outputs / name)
         assert segs.shape == arrays["imgs"].shape and segs.dtype == np.uint8
@@ -105,9 +107,10 @@ def test_a_broken_file_does_not_stop_the_batch(tmp_path, run_predict_sh, volume)
     (inputs / "CT_broken.npz").write_bytes(b"PK\x03\x04 not really a zip")
     (inputs / "notes.txt").write_text("not a case")
 
-    result = run_predict_sh(inputs, tmp_path / "out")
+    result = run_predict_sh(inputs, tmp_path / "out", budget=True)
 
     assert result.returncode == 1
+    assert (tmp_path / "out" / LEDGER_FILE).is_file() and "budget: call 1 of 6" in result.stderr
     assert load_segs(tmp_path / "out" / "CT_good.npz").shape == image.shape
     assert not (tmp_path / "out" / "CT_broken.npz").exists()
     errors = [line for line in result.stderr.splitlines() if "CT_broken.npz" in line]
