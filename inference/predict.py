@@ -198,6 +198,7 @@ def run(input_dir: Path, output_dir: Path, model: Model | None, use_budget: bool
             segs = fallback_segs(case)
         if watchdog is not None:
             watchdog.cancel()
+            watchdog.join()  # a timer thread left alive at exit can abort the process (SIGABRT, exit 134)
         try:
             with current.lock:
                 if not current.answered:
@@ -233,7 +234,12 @@ def on_deadline(current: CaseRun, remaining: list[Path], output_dir: Path) -> No
             try:
                 case = read_case(path)
                 write_answer(output_dir / path.name, case, fallback_segs(case))
-            except (CaseError, OSError) as exc:
+            except CaseError as exc:
+                shape = getattr(exc, "file_shape", None)
+                log(f"[{path.name}] ERROR: {exc}")
+                if shape is not None:
+                    try_write(path, output_dir, lambda: np.zeros(shape, np.uint8))
+            except OSError as exc:
                 log(f"[{path.name}] ERROR: {exc}")
     finally:
         os._exit(EXIT_WATCHDOG)  # the stuck forward pass cannot be interrupted otherwise

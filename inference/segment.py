@@ -58,13 +58,21 @@ def label_bounds(labels: np.ndarray | None) -> dict[int, Bounds]:
     """Closed bounds of every nonzero label, in one pass over the volume."""
     if labels is None or not labels.any():
         return {}
-    stats = cc3d.statistics(labels, no_slice_conversion=True)
+    try:
+        stats = cc3d.statistics(labels, no_slice_conversion=True)
+    except ValueError:  # cc3d refuses label values above the voxel count (tiny volumes)
+        return {int(v): _bounds_of(labels == v) for v in np.unique(labels) if v != 0}
     bounds = {}
     for label, (count, bb) in enumerate(zip(stats["voxel_counts"], stats["bounding_boxes"])):
         if label > 0 and count > 0:
             z0, z1, y0, y1, x0, x1 = (int(v) for v in bb)
             bounds[label] = ((z0, y0, x0), (z1, y1, x1))
     return bounds
+
+
+def _bounds_of(mask: np.ndarray) -> Bounds:
+    idx = np.nonzero(mask)
+    return tuple(int(i.min()) for i in idx), tuple(int(i.max()) for i in idx)
 
 
 def prompt_bounds(prepared: PreparedCase, prompt: ClassPrompt) -> Bounds | None:

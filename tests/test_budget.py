@@ -140,6 +140,7 @@ def test_the_watchdog_answers_before_the_deadline_when_a_forward_pass_hangs(tmp_
     inputs, outputs = tmp_path / "in", tmp_path / "out"
     write_case(inputs / "CT_a.npz", case_arrays(image, labels, boxes=True))
     write_case(inputs / "CT_b.npz", case_arrays(image, labels, boxes=True))
+    np.savez(inputs / "CT_c.npz", imgs=np.zeros((2, 4, 5, 6), np.uint8))  # read but refused: true 4D
     # 2 classes, box call: share = 180/6 * SAFETY - start; choose start so that about 6 s remain
     start = 180 / 6 * budget.SAFETY - 6.0
     env = {**os.environ, budget.CONTAINER_START_ENV: str(start), "PYTHONPATH": str(REPO)}
@@ -157,4 +158,15 @@ def test_the_watchdog_answers_before_the_deadline_when_a_forward_pass_hangs(tmp_
         box = case_arrays(image, labels)["boxes"][0]
         assert (segs[box["z_min"]:box["z_max"] + 1, box["z_mid_y_min"]:box["z_mid_y_max"] + 1,
                      box["z_mid_x_min"]:box["z_mid_x_max"] + 1] > 0).all()  # the box fallback
+    with np.load(outputs / "CT_c.npz") as npz:  # refused images still get zeros of their stored shape
+        assert npz["segs"].shape == (2, 4, 5, 6) and not npz["segs"].any()
     assert not [p for p in outputs.iterdir() if p.name.endswith(".tmp")]
+
+
+def test_single_case_calls_exit_cleanly_with_the_watchdog_armed(tmp_path, run_predict_sh):
+    """The watchdog timer is joined: no 'terminate called' abort (exit 134) after the answer."""
+    image, labels = make_volume((8, 24, 24), n_objects=1, seed=6)
+    write_case(tmp_path / "in" / "CT_a.npz", case_arrays(image, labels, boxes=True))
+    for _ in range(3):
+        result = run_predict_sh(tmp_path / "in", tmp_path / "out", budget=True)
+        assert result.returncode == 0 and "terminate called" not in result.stderr, result.stderr

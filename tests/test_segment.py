@@ -446,3 +446,9 @@ def test_fallback_without_previous_or_box_is_none():
     prompt = ClassPrompt(1, fg=np.array([[1, 1, 1]]), order=("fg",))
     case = make_case((10, 12, 14), [prompt])
     assert fallback(prepared_for(case), prompt) is None
+
+
+def test_label_bounds_of_labels_larger_than_the_volume():
+    labels = np.zeros((1, 1, 2), np.uint8)
+    labels[0, 0, 1] = 3  # cc3d.statistics refuses a label above the voxel count
+    assert segment.label_bounds(labels) == {3: ((0, 0, 1), (0, 0, 1))}
