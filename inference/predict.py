@@ -26,7 +26,7 @@ import torch
 
 from .budget import CallBudget, call_index, process_started, read_ledger, record_call, share_seconds
 from .case_io import Case, CaseError, read_case, write_segs
-from .fusion import ClassProbability, MaskProbability, apply_clicks, fuse_classes
+from .fusion import ClassProbability, apply_clicks, fuse_classes
 from .model import Model, load_model
 from .segment import Effort, PreparedCase, fallback, prepare, segment_class
 
@@ -67,24 +67,16 @@ class CaseRun:
             if partial:
                 done = {c.label for c in classes}
                 classes += [f for p in self.case.prompts if p.label not in done
-                            for f in [fallback_for(self.case, self.prepared, p)] if f is not None]
+                            for f in [fallback(self.prepared, p)] if f is not None]
             write_answer(self.output, self.case, apply_clicks(fuse_classes(self.case.shape, classes), self.case.prompts))
             self.answered = True
-
-
-def fallback_for(case: Case, prepared: PreparedCase | None, prompt) -> ClassProbability | None:
-    if prepared is not None:
-        return fallback(prepared, prompt)
-    if prompt.box is not None:
-        return MaskProbability(prompt.label, [[a, b + 1] for a, b in zip(prompt.box.lo, prompt.box.hi)])
-    return None
 
 
 def fallback_segs(case: Case) -> np.ndarray:
     """Previous prediction, else the boxes, else empty: what a failed case answers."""
     if case.prev_pred is not None:
         return case.prev_pred
-    return fuse_classes(case.shape, [f for p in case.prompts for f in [fallback_for(case, None, p)] if f is not None])
+    return fuse_classes(case.shape, [f for p in case.prompts for f in [fallback(None, p)] if f is not None])
 
 
 def write_answer(path: Path, case: Case, segs: np.ndarray) -> None:

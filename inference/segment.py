@@ -149,9 +149,9 @@ def keep_previous(prepared: PreparedCase, label: int) -> MaskProbability:
     return MaskProbability(label, [[a, b + 1] for a, b in zip(lo, hi)], prepared.case.prev_pred)
 
 
-def fallback(prepared: PreparedCase, prompt: ClassPrompt) -> MaskProbability | None:
-    """When a class fails: its previous prediction, else its box, else nothing."""
-    if prompt.label in prepared.prev_bounds:
+def fallback(prepared: PreparedCase | None, prompt: ClassPrompt) -> MaskProbability | None:
+    """When a class fails: its previous prediction (if the case got prepared), else its box, else nothing."""
+    if prepared is not None and prompt.label in prepared.prev_bounds:
         return keep_previous(prepared, prompt.label)
     if prompt.box is not None:
         return MaskProbability(prompt.label, [[a, b + 1] for a, b in zip(prompt.box.lo, prompt.box.hi)])

@@ -61,7 +61,8 @@ def n_classes(arrays: dict) -> int:
     return max((len(np.atleast_1d(arrays[k])) for k in ("boxes", "clicks") if k in arrays), default=0)
 
 
-def _box(z, y, x, z_mid=None) -> dict:
+def box_dict(z, y, x, z_mid=None) -> dict:
+    """A challenge box: closed z range and a 2D box (x = last axis, y = axis 1) on slice z_mid."""
     box = {"z_min": z[0], "z_max": z[1], "z_mid_y_min": y[0], "z_mid_y_max": y[1],
            "z_mid_x_min": x[0], "z_mid_x_max": x[1]}
     if z_mid is not None:
@@ -176,7 +177,7 @@ def _box_values(arrays, rng, make_value) -> dict:
     shape = _shape(arrays)
     boxes = []
     for _ in range(_class_count(arrays)):
-        box = _box((1, max((shape[0] if shape else 1) - 2, 1)), (2, 8), (3, 9), z_mid=1)
+        box = box_dict((1, max((shape[0] if shape else 1) - 2, 1)), (2, 8), (3, 9), z_mid=1)
         box[BOX_KEYS[int(rng.integers(len(BOX_KEYS)))]] = make_value(rng)
         boxes.append(box)
     return _with_boxes(arrays, boxes)
@@ -192,7 +193,7 @@ def _boxes_all(make_box) -> Mutation:
 
 
 def _missing_key_box(shape, rng):
-    box = _box((0, 3), (1, 5), (2, 6), z_mid=1)
+    box = box_dict((0, 3), (1, 5), (2, 6), z_mid=1)
     del box[BOX_KEYS[int(rng.integers(len(BOX_KEYS)))]]
     return box
 
@@ -207,20 +208,20 @@ BOX_MUTATIONS: dict[str, Mutation] = {
     "box_huge_int": _box_mutation(lambda rng: 10 ** 30),
     "box_list_value": _box_mutation(lambda rng: [1, 2]),
     "box_numpy_scalar": _box_mutation(lambda rng: np.float32(rng.uniform(0, 9))),
-    "box_z_min_gt_z_max": _boxes_all(lambda s, rng: _box((6, 2), (8, 3), (9, 4), z_mid=4)),
-    "box_out_of_range": _boxes_all(lambda s, rng: _box((s[0] + 5, s[0] + 9), (1, 4), (1, 4), z_mid=s[0] + 6)
-                                   if len(s) else _box((5, 9), (1, 4), (1, 4))),
-    "box_partly_outside": _boxes_all(lambda s, rng: _box((-4, 3), (-9, 300), (5, 400), z_mid=-2)),
-    "box_zero_area": _boxes_all(lambda s, rng: _box((2, 2), (5, 5), (7, 7), z_mid=2)),
+    "box_z_min_gt_z_max": _boxes_all(lambda s, rng: box_dict((6, 2), (8, 3), (9, 4), z_mid=4)),
+    "box_out_of_range": _boxes_all(lambda s, rng: box_dict((s[0] + 5, s[0] + 9), (1, 4), (1, 4), z_mid=s[0] + 6)
+                                   if len(s) else box_dict((5, 9), (1, 4), (1, 4))),
+    "box_partly_outside": _boxes_all(lambda s, rng: box_dict((-4, 3), (-9, 300), (5, 400), z_mid=-2)),
+    "box_zero_area": _boxes_all(lambda s, rng: box_dict((2, 2), (5, 5), (7, 7), z_mid=2)),
     "box_missing_key": _boxes_all(_missing_key_box),
-    "box_z_mid_garbage": _boxes_all(lambda s, rng: _box((1, 3), (1, 4), (1, 4), z_mid="middle")),
+    "box_z_mid_garbage": _boxes_all(lambda s, rng: box_dict((1, 3), (1, 4), (1, 4), z_mid="middle")),
     "box_not_dict": _boxes_all(lambda s, rng: [0, 3, 1, 5, 2, 6]),
     "box_none_entries": _boxes_all(lambda s, rng: None),
     "boxes_numeric_array": lambda arrays, rng: {**arrays, "boxes": np.arange(12.0).reshape(2, 6)},
     "boxes_string": lambda arrays, rng: {**arrays, "boxes": np.array("boxes")},
-    "boxes_bare_dict": lambda arrays, rng: {**arrays, "boxes": np.array(_box((0, 3), (1, 5), (2, 6)), dtype=object)},
+    "boxes_bare_dict": lambda arrays, rng: {**arrays, "boxes": np.array(box_dict((0, 3), (1, 5), (2, 6)), dtype=object)},
     "boxes_2d_object": lambda arrays, rng: {**arrays, "boxes": np.array(
-        [[_box((0, 3), (1, 5), (2, 6))], [_box((1, 2), (3, 4), (5, 6))]], dtype=object)},
+        [[box_dict((0, 3), (1, 5), (2, 6))], [box_dict((1, 2), (3, 4), (5, 6))]], dtype=object)},
     "boxes_none": lambda arrays, rng: {**arrays, "boxes": np.array(None, dtype=object)},
 }
 
@@ -340,7 +341,7 @@ def _many_classes(rng, n: int = 300, shape=(6, 16, 16), with_box=(0, 1, 297, 298
     boxes, clicks = [None] * n, [None] * n
     for i in with_box:  # a box and an fg click inside it: the clicked label is in the answer whatever the model says
         z, y, x = (int(v) for v in rng.integers(0, shape))
-        boxes[i] = _box((z, z), (y, min(y + 2, shape[1] - 1)), (x, min(x + 2, shape[2] - 1)), z_mid=z)
+        boxes[i] = box_dict((z, z), (y, min(y + 2, shape[1] - 1)), (x, min(x + 2, shape[2] - 1)), z_mid=z)
         clicks[i] = {"fg": [[z, y, x]], "bg": []}
     return {"imgs": image, "spacing": np.array([1.0, 1.0, 1.0]), "boxes": objects(*boxes),
             "clicks": objects(*clicks), "clicks_order": objects(*(["fg"] if c else [] for c in clicks)),
@@ -430,7 +431,7 @@ def _thin_case(rng, shape) -> dict:
     hi = [n - 1 for n in shape]
     return {
         "imgs": image, "spacing": np.array([1.0, 1.0, 3.0]),
-        "boxes": objects(_box((0, hi[0]), (0, hi[1]), (0, hi[2]), z_mid=0), _box((0, 0), (1, 1), (0, 0))),
+        "boxes": objects(box_dict((0, hi[0]), (0, hi[1]), (0, hi[2]), z_mid=0), box_dict((0, 0), (1, 1), (0, 0))),
         "clicks": objects({"fg": [[0, 0, 0]], "bg": [hi]}, {"fg": [], "bg": [[0, 1, 0]]}),
         "clicks_order": objects(["fg", "bg"], ["bg", None]),
         "prev_pred": (image > 128).astype(np.uint8),

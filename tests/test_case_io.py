@@ -7,6 +7,7 @@ import stat
 import numpy as np
 import pytest
 
+from hostile_cases import box_dict
 from inference.case_io import Box, CaseError, UnsupportedImage, read_case, write_segs
 from inference.synthetic_cases import case_arrays, make_volume, write_case
 
@@ -25,15 +26,6 @@ def _write(tmp_path, name="case.npz", **arrays):
     path = tmp_path / name
     np.savez(path, **arrays)
     return path
-
-
-def _box_dict(z, y, x, z_mid=None) -> dict:
-    """A challenge box: closed z range and a 2D box (x = last axis, y = axis 1) on slice z_mid."""
-    box = {"z_min": z[0], "z_max": z[1], "z_mid_y_min": y[0], "z_mid_y_max": y[1],
-           "z_mid_x_min": x[0], "z_mid_x_max": x[1]}
-    if z_mid is not None:
-        box["z_mid"] = z_mid
-    return box
 
 
 def _objects(*items) -> np.ndarray:
@@ -111,7 +103,7 @@ def test_missing_spacing_falls_back_to_ones(tmp_path):
 
 
 def test_box_is_converted_to_array_order_with_closed_bounds(tmp_path):
-    boxes = _objects(_box_dict(z=(2, 7), y=(3, 9), x=(1, 12), z_mid=5))
+    boxes = _objects(box_dict(z=(2, 7), y=(3, 9), x=(1, 12), z_mid=5))
     case = _read(tmp_path, boxes=boxes)
     assert len(case.prompts) == 1
     box = case.prompts[0].box
@@ -123,7 +115,7 @@ def test_box_is_converted_to_array_order_with_closed_bounds(tmp_path):
 
 
 def test_box_is_clipped_to_the_volume(tmp_path):
-    boxes = _objects(_box_dict(z=(-3, 25), y=(-1, 11), x=(4, 100), z_mid=4))
+    boxes = _objects(box_dict(z=(-3, 25), y=(-1, 11), x=(4, 100), z_mid=4))
     box = _read(tmp_path, boxes=boxes).prompts[0].box
     assert box.lo == (0, 0, 4)
     assert box.hi == (SHAPE[0] - 1, 11, SHAPE[2] - 1)
@@ -132,14 +124,14 @@ def test_box_is_clipped_to_the_volume(tmp_path):
 
 @pytest.mark.parametrize("z, y, x", [((50, 60), (1, 3), (1, 3)), ((1, 3), (-9, -2), (1, 3)), ((1, 3), (1, 3), (999, 1000))])
 def test_box_entirely_outside_the_volume_is_none(tmp_path, z, y, x):
-    inside = _box_dict(z=(1, 3), y=(2, 4), x=(5, 6), z_mid=2)
-    case = _read(tmp_path, boxes=_objects(_box_dict(z=z, y=y, x=x), inside))
+    inside = box_dict(z=(1, 3), y=(2, 4), x=(5, 6), z_mid=2)
+    case = _read(tmp_path, boxes=_objects(box_dict(z=z, y=y, x=x), inside))
     assert case.prompts[0].box is None
     assert case.prompts[1].box == Box((1, 2, 5), (3, 4, 6), 2)
 
 
 def test_reversed_box_bounds_are_swapped(tmp_path):
-    boxes = _objects(_box_dict(z=(7, 2), y=(9, 3), x=(12, 1), z_mid=4))
+    boxes = _objects(box_dict(z=(7, 2), y=(9, 3), x=(12, 1), z_mid=4))
     box = _read(tmp_path, boxes=boxes).prompts[0].box
     assert box.lo == (2, 3, 1)
     assert box.hi == (7, 9, 12)
@@ -147,23 +139,23 @@ def test_reversed_box_bounds_are_swapped(tmp_path):
 
 
 def test_missing_z_mid_is_the_middle_of_the_z_range(tmp_path):
-    boxes = _objects(_box_dict(z=(2, 7), y=(3, 9), x=(1, 12)))
+    boxes = _objects(box_dict(z=(2, 7), y=(3, 9), x=(1, 12)))
     box = _read(tmp_path, boxes=boxes).prompts[0].box
     assert box.z_mid == 4
 
 
 def test_z_mid_outside_the_z_range_is_clipped_into_it(tmp_path):
-    boxes = _objects(_box_dict(z=(2, 5), y=(3, 9), x=(1, 12), z_mid=9),
-                     _box_dict(z=(3, 6), y=(3, 9), x=(1, 12), z_mid=0))
+    boxes = _objects(box_dict(z=(2, 5), y=(3, 9), x=(1, 12), z_mid=9),
+                     box_dict(z=(3, 6), y=(3, 9), x=(1, 12), z_mid=0))
     prompts = _read(tmp_path, boxes=boxes).prompts
     assert prompts[0].box.z_mid == 5
     assert prompts[1].box.z_mid == 3
 
 
 def test_box_with_missing_keys_is_none_and_others_survive(tmp_path):
-    broken = _box_dict(z=(2, 7), y=(3, 9), x=(1, 12), z_mid=5)
+    broken = box_dict(z=(2, 7), y=(3, 9), x=(1, 12), z_mid=5)
     del broken["z_mid_x_max"]
-    good = _box_dict(z=(1, 3), y=(2, 4), x=(5, 6), z_mid=2)
+    good = box_dict(z=(1, 3), y=(2, 4), x=(5, 6), z_mid=2)
     case = _read(tmp_path, boxes=_objects(broken, None, good))
     assert [p.label for p in case.prompts] == [1, 2, 3]
     assert case.prompts[0].box is None
@@ -191,8 +183,8 @@ def test_boxes_as_written_by_the_synthetic_generator(tmp_path):
 
 
 def test_first_call_has_no_clicks_and_no_previous_prediction(tmp_path):
-    boxes = _objects(_box_dict(z=(2, 7), y=(3, 9), x=(1, 12), z_mid=5),
-                     _box_dict(z=(0, 1), y=(0, 1), x=(0, 1), z_mid=0))
+    boxes = _objects(box_dict(z=(2, 7), y=(3, 9), x=(1, 12), z_mid=5),
+                     box_dict(z=(0, 1), y=(0, 1), x=(0, 1), z_mid=0))
     case = _read(tmp_path, boxes=boxes)
     assert [p.label for p in case.prompts] == [1, 2]
     for p in case.prompts:
