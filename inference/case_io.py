@@ -462,6 +462,11 @@ def _points(raw, shape, notes: _Notes, what: str) -> np.ndarray:
     return pts[inside].astype(np.int64)
 
 
+def box_from_dict(raw: Mapping, shape: tuple[int, int, int]) -> Box | None:
+    """A challenge box dict (as the organisers write them) -> Box in array order; None if unusable."""
+    return _box(raw, shape, _Notes("box", "boxes"), 1)
+
+
 def _box(raw, shape, notes: _Notes, label: int) -> Box | None:
     """Challenge box dict -> Box in array order, clipped to the volume; None if it is unusable."""
     if raw is None:

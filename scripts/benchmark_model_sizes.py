@@ -1,0 +1,70 @@
+"""Candidate model sizes side by side: forward pass (inference) and training step time on this machine.
+
+    .venv/bin/python scripts/benchmark_model_sizes.py [--patches 64 96 128] [--repeats 3]
+
+Prints one row per (network, patch): parameters, median seconds per forward pass (batch 1, the
+container's case) and per training step (batch 2, forward + backward). All candidates run in one
+process, interleaved, so their ratios hold even on a noisy machine. The default model must keep a
+1-class case's 6 calls under 45 s on the 2-core CI machine: ~2 s process start per call plus
+one pass per call with a box (up to 5 AutoZoom passes without one).
+"""
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from inference.model import build_network, read_spec, resenc_architecture  # noqa: E402
+
+CANDIDATES = {
+    "tiny 8..128, blocks 1,1,2,2,2": ([8, 16, 32, 64, 128], [1, 1, 2, 2, 2]),
+    "small 16..192, blocks 1,2,2,2,2,2": ([16, 32, 64, 128, 192, 192], [1, 2, 2, 2, 2, 2]),
+}
+
+
+def network(features, blocks) -> torch.nn.Module:
+    import json
+    import tempfile
+
+    spec = {"architecture": resenc_architecture(features, blocks), "channels": ["image", "box", "fg_clicks", "bg_clicks", "prev_seg"],
+            "patch_size": 64, "normalisation": "zscore", "output": "sigmoid", "weights": "w.pt"}
+    with tempfile.TemporaryDirectory() as tmp:
+        (Path(tmp) / "model.json").write_text(json.dumps(spec))
+        return build_network(read_spec(tmp))
+
+
+def timed(fn) -> float:
+    t0 = time.perf_counter()
+    fn()
+    return time.perf_counter() - t0
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--patches", type=int, nargs="+", default=[64, 96, 128])
+    parser.add_argument("--repeats", type=int, default=3)
+    args = parser.parse_args()
+    nets = {name: network(*cfg) for name, cfg in CANDIDATES.items()}
+    results = {(name, p): ([], []) for name in nets for p in args.patches}
+    for _ in range(args.repeats):
+        for (name, patch), (fwd, step) in results.items():
+            net = nets[name]
+            x1 = torch.randn(1, 5, patch, patch, patch)
+            x2 = torch.randn(2, 5, patch, patch, patch)
+            with torch.inference_mode():
+                fwd.append(timed(lambda: net(x1)))
+            step.append(timed(lambda: net(x2).mean().backward()))
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads")
+    print(f"{'network':<36}{'params':>9}{'patch':>7}{'forward s':>11}{'train step s':>14}")
+    for (name, patch), (fwd, step) in results.items():
+        params = sum(p.numel() for p in nets[name].parameters()) / 1e6
+        print(f"{name:<36}{params:>8.1f}M{patch:>7}{statistics.median(fwd):>11.2f}{statistics.median(step):>14.2f}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,241 @@
+"""Tests for training/: synthetic data, prompts as the evaluator gives them, the loop, resume, floors."""
+from __future__ import annotations
+
+import copy
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from inference.case_io import Case, ClassPrompt
+from inference.harness.boxes import organiser_box
+from inference.harness.simulated_user import Click, simulate_click
+from inference.model import load_model
+from inference.predict import predict_case
+from inference.synthetic_cases import make_volume
+from training import floors
+from training.label_maps import SHAPE_KINDS, LabelSources, blob, nuclei, random_shapes, shell, tube
+from training.samples import (LABEL, MIN_TARGET_VOXELS, Recipe, TrainingVolume, add_click, draw_volume,
+                              first_prompt, patch_target, training_pair)
+from training.synthesis import render_image, rotate_and_scale, thick_slices
+from training.train import DEFAULT_CONFIG, build_model, learning_rate, loss_terms, model_spec, train
+
+SHAPES_ONLY = LabelSources()
+
+
+def tiny_config(tmp_seed: int = 0) -> dict:
+    config = json.loads(DEFAULT_CONFIG.read_text())
+    config["seed"] = tmp_seed
+    config["model"].update(features=[4, 8, 16], blocks=[1, 1, 1], patch_size=16)
+    config["data"].update(max_side=40, min_side=24)
+    config["batch_size"] = 2
+    config["threads"] = 1
+    config["optimiser"].update(total_steps=6, warmup_steps=2)
+    return config
+
+
+# ----------------------------------------------------------------------------- label maps and images
+
+
+@pytest.mark.parametrize("make", [blob, tube, shell, nuclei])
+def test_every_shape_kind_draws_a_nonempty_mask_inside_the_volume(make):
+    mask = make(np.random.default_rng(3), (32, 40, 36))
+    assert mask.shape == (32, 40, 36) and mask.dtype == bool
+    assert 0 < mask.sum() < mask.size
+
+
+def test_random_shapes_are_deterministic_per_seed_and_keep_targets_below_the_texture_labels():
+    a = random_shapes(np.random.default_rng(7), (32, 48, 48))
+    b = random_shapes(np.random.default_rng(7), (32, 48, 48))
+    c = random_shapes(np.random.default_rng(8), (32, 48, 48))
+    assert np.array_equal(a, b) and not np.array_equal(a, c)
+    targets = np.unique(a[(a > 0) & (a <= 100)])
+    assert len(targets) >= 1 and len(SHAPE_KINDS) == 5
+    assert np.all(a[a > 100] > 100)  # background texture regions
+
+
+def test_render_image_is_uint8_full_range_and_separates_differently_coloured_labels():
+    labels = np.zeros((20, 30, 30), dtype=np.uint16)
+    labels[5:15, 10:20, 10:20] = 1
+    image = render_image(labels, np.random.default_rng(0))
+    assert image.dtype == np.uint8 and image.shape == labels.shape
+    assert image.max() > 200 and image.min() < 50  # stretched to [0, 255]
+    same = render_image(labels, np.random.default_rng(0))
+    assert np.array_equal(image, same)
+
+
+def test_thick_slices_keep_every_kth_slice_and_report_k():
+    labels = np.arange(40)[:, None, None] * np.ones((1, 4, 4), dtype=np.int64)
+    for seed in range(20):
+        out, k = thick_slices(labels, np.random.default_rng(seed), 4)
+        assert 1 <= k <= 4
+        assert np.all(np.diff(out[:, 0, 0]) == k)
+
+
+def test_rotate_and_scale_keeps_shape_and_only_existing_labels():
+    labels = np.zeros((24, 24, 24), dtype=np.uint16)
+    labels[6:18, 8:16, 4:20] = 5
+    out = rotate_and_scale(labels, np.random.default_rng(1), 0.5, (0.8, 1.2))
+    assert out.shape == labels.shape
+    assert set(np.unique(out)) <= {0, 5} and (out == 5).sum() > 0.5 * (labels == 5).sum()
+
+
+def test_draw_volume_gives_a_usable_target_and_is_deterministic():
+    recipe = Recipe(max_side=48, min_side=24)
+    a = draw_volume(np.random.default_rng([1, 2]), SHAPES_ONLY, recipe)
+    b = draw_volume(np.random.default_rng([1, 2]), SHAPES_ONLY, recipe)
+    assert a.truth.sum() >= MIN_TARGET_VOXELS and a.image.dtype == np.uint8
+    assert a.image.shape == a.truth.shape and a.spacing[1:] == (1.0, 1.0)
+    assert np.array_equal(a.image, b.image) and np.array_equal(a.truth, b.truth)
+
+
+# ----------------------------------------------------------------------------- prompts
+
+
+def ellipsoid_volume() -> TrainingVolume:
+    image, labels = make_volume((24, 48, 48), 1, seed=4)
+    return TrainingVolume(image, labels == 1, (1.0, 1.0, 1.0), "test")
+
+
+def test_box_prompt_follows_the_organiser_rule():
+    volume = ellipsoid_volume()
+    prompt = first_prompt(volume, np.random.default_rng(0), with_box=True)
+    exact = organiser_box(volume.truth)
+    z = np.nonzero(volume.truth)[0]
+    assert prompt.box.lo[0] == z.min() == exact["z_min"] and prompt.box.hi[0] == z.max()
+    assert prompt.box.z_mid == exact["z_mid"]
+    # widening only ever grows the 2D box
+    assert prompt.box.lo[1] <= exact["z_mid_y_min"] and prompt.box.hi[2] >= exact["z_mid_x_max"]
+    assert len(prompt.fg) == 0 and prompt.order == ()
+
+
+def test_no_box_prompt_is_the_evaluators_first_click():
+    volume = ellipsoid_volume()
+    prompt = first_prompt(volume, np.random.default_rng(0), with_box=False)
+    expected = simulate_click(np.zeros_like(volume.truth), volume.truth)
+    assert prompt.box is None and prompt.order == ("fg",)
+    assert tuple(prompt.fg[0]) == expected.voxel and volume.truth[expected.voxel]
+
+
+def test_add_click_accumulates_in_order_and_records_none():
+    prompt = ClassPrompt(LABEL)
+    prompt = add_click(prompt, Click("fg", (1, 2, 3)))
+    prompt = add_click(prompt, Click("bg", (4, 5, 6)))
+    prompt = add_click(prompt, None)
+    assert prompt.order == ("fg", "bg", None) and prompt.done
+    assert prompt.fg.tolist() == [[1, 2, 3]] and prompt.bg.tolist() == [[4, 5, 6]]
+
+
+def test_training_pair_uses_the_containers_channels_and_a_target_in_the_patch(tmp_path):
+    model = build_model(tiny_config(), tmp_path / "m")
+    volume = ellipsoid_volume()
+    prompt = first_prompt(volume, np.random.default_rng(0), with_box=True)
+    x, target = training_pair(model, volume, prompt, None)
+    assert x.shape == (5, 16, 16, 16) and target.shape == (16, 16, 16)
+    box = x[model.spec.channels.index("box")]
+    assert box.sum() > 0 and x[model.spec.channels.index("prev_seg")].sum() == 0
+    assert 0 <= target.min() and target.max() <= 1 and target.sum() > 0
+    # the target lies inside the box: the box slab covers the whole object
+    assert float((target * (1 - box)).sum()) < 1e-3 * float(target.sum()) + 1e-6
+
+
+def test_patch_target_is_the_area_fraction_of_the_truth():
+    from inference.field_of_view import FieldOfView
+
+    truth = np.zeros((8, 8, 8), dtype=bool)
+    truth[:4] = True
+    fov = FieldOfView((0, 0, 0), 8, 4)  # zoom 2: each patch voxel averages 2x2x2
+    t = patch_target(truth, fov)
+    assert torch.allclose(t[:2], torch.ones(2, 4, 4)) and torch.allclose(t[2:], torch.zeros(2, 4, 4))
+
+
+# ----------------------------------------------------------------------------- loss, schedule, loop
+
+
+def test_loss_is_low_for_a_confident_correct_prediction_and_high_for_the_inverse():
+    target = torch.zeros(2, 1, 8, 8, 8)
+    target[:, :, 2:6, 2:6, 2:6] = 1
+    good = (target * 2 - 1) * 20
+    dice_good, bce_good = loss_terms(good, target)
+    dice_bad, bce_bad = loss_terms(-good, target)
+    assert dice_good < 0.02 and bce_good < 0.01
+    assert dice_bad > 0.9 and bce_bad > 5
+
+
+def test_learning_rate_warms_up_then_decays_to_the_floor():
+    opt = {"lr": 1e-3, "warmup_steps": 10, "total_steps": 110, "final_lr_fraction": 0.1}
+    lrs = [learning_rate(s, opt) for s in range(0, 130)]
+    assert lrs[0] < lrs[9] == pytest.approx(1e-3)
+    assert all(a >= b for a, b in zip(lrs[10:], lrs[11:]))
+    assert lrs[-1] == pytest.approx(1e-4)
+
+
+def test_training_runs_checkpoints_and_resumes_to_the_same_weights(tmp_path):
+    config = tiny_config()
+    straight = tmp_path / "straight"
+    assert train(straight, copy.deepcopy(config), False, None, 4, SHAPES_ONLY) == 4
+    split = tmp_path / "split"
+    assert train(split, copy.deepcopy(config), False, None, 2, SHAPES_ONLY) == 2
+    assert train(split, copy.deepcopy(config), True, None, 4, SHAPES_ONLY) == 4
+    a = torch.load(straight / "checkpoint.pt", weights_only=False)
+    b = torch.load(split / "checkpoint.pt", weights_only=False)
+    assert a["step"] == b["step"] == 4
+    for key in a["network"]:
+        assert torch.allclose(a["network"][key], b["network"][key], atol=1e-6), key
+    rows = (split / "log.csv").read_text().strip().splitlines()
+    assert len(rows) == 5 and rows[0].startswith("step,loss")
+    # the exported model folder loads through the container's loader
+    model = load_model(split / "model", torch.device("cpu"))
+    assert model.spec.patch_size == 16 and json.loads((split / "model" / "model.json").read_text())["name"].endswith("(step 4)")
+    for key, value in model.network.state_dict().items():
+        assert torch.allclose(value, b["network"][key], atol=2e-2, rtol=1e-2), key
+
+
+def test_a_new_run_can_start_from_a_model_folder_and_records_its_loss_curve(tmp_path):
+    config = tiny_config()
+    train(tmp_path / "first", copy.deepcopy(config), False, None, 2, SHAPES_ONLY)
+    assert (tmp_path / "first" / "loss.png").stat().st_size > 1000
+    train(tmp_path / "warm", copy.deepcopy(config), False, None, 0, SHAPES_ONLY, init_from=tmp_path / "first" / "model")
+    exported = load_model(tmp_path / "first" / "model", torch.device("cpu")).network.state_dict()
+    warm = torch.load(tmp_path / "warm" / "checkpoint.pt", weights_only=False)["network"]
+    cold = torch.load(tmp_path / "first" / "checkpoint.pt", weights_only=False)["network"]
+    assert all(torch.equal(warm[k], exported[k]) for k in exported)
+    fresh = build_model(config, tmp_path / "fresh").network.state_dict()
+    assert any(not torch.allclose(fresh[k], cold[k]) for k in cold if cold[k].is_floating_point())
+
+
+def test_model_spec_matches_the_shipped_default_model():
+    shipped = json.loads((DEFAULT_CONFIG.parent.parent / "model_weights" / "default" / "model.json").read_text())
+    spec = model_spec(json.loads(DEFAULT_CONFIG.read_text()))
+    for key in ("architecture", "channels", "patch_size", "normalisation", "prompts", "output"):
+        assert shipped[key] == spec[key], key
+
+
+# ----------------------------------------------------------------------------- the trained default model
+
+
+def test_the_default_model_is_trained_it_segments_an_unseen_object_from_its_box(default_model):
+    image, labels = make_volume((40, 96, 96), 2, seed=11)
+    truth = labels == 2
+    box = first_prompt(TrainingVolume(image, truth, (1.0, 1.0, 1.0), "test"), np.random.default_rng(0), True).box
+    case = Case("test", image, (1.0, 1.0, 1.0), [ClassPrompt(1, box=box)])
+    segs = predict_case(default_model, case)
+    dice = 2 * ((segs == 1) & truth).sum() / ((segs == 1).sum() + truth.sum())
+    assert dice > 0.8  # a random network gets ~0 here; filling the box ~0.5
+
+
+# ----------------------------------------------------------------------------- floors
+
+
+def test_floors_fill_boxes_and_paint_balls_at_fg_clicks(tmp_path):
+    image, labels = make_volume((20, 40, 40), 1, seed=2)
+    box = first_prompt(TrainingVolume(image, labels == 1, (1.0, 1.0, 1.0), "t"), np.random.default_rng(0), True).box
+    case = Case("c", image, (1.0, 1.0, 1.0),
+                [ClassPrompt(1, box=box, fg=np.array([[10, 20, 20]]), order=("fg",))])
+    filled = floors.box_fill(case)
+    assert filled[box.lo[0]:box.hi[0] + 1, box.lo[1]:box.hi[1] + 1, box.lo[2]:box.hi[2] + 1].all()
+    assert filled.sum() == np.prod(np.asarray(box.hi) - np.asarray(box.lo) + 1)
+    balls = floors.click_balls(case)
+    assert balls[10, 20, 20] == 1 and balls[10, 20, 25] == 1 and balls[10, 20, 26] == 0
+    assert balls.sum() == int((floors.ball_template(floors.BALL_RADIUS, "binary") > 0).sum())

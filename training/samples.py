@@ -1,0 +1,114 @@
+"""Training samples: a synthetic volume with one target structure, and its prompts as the evaluator gives them.
+
+Boxes follow the organisers' rule (harness `organiser_box`), clicks come from the harness's
+simulated user; a sample is turned into a network input by the container's own code
+(`segment.network_input` on a `Case`), so training sees exactly what inference feeds.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+
+import numpy as np
+import torch
+
+from inference.case_io import Case, ClassPrompt, box_from_dict
+from inference.field_of_view import FieldOfView, fit, sample_area
+from inference.harness.boxes import organiser_box
+from inference.harness.simulated_user import Click, simulate_click
+from inference.model import Model
+from inference.segment import network_input, prepare, prompt_bounds
+
+from .label_maps import LabelSources, random_shapes
+from .synthesis import crop_around, render_image, reorient, rotate_and_scale, thick_slices
+
+LABEL = 1  # the target is always class 0 = label 1 of its case
+MIN_TARGET_VOXELS = 20
+FIRST_TARGET_LABEL_ABOVE = 100  # random-shape labels above this are background texture, not targets
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """How volumes are drawn (training/config.json, "data")."""
+
+    p_atlas: float = 0.4
+    p_tissue: float = 0.1
+    max_side: int = 112
+    min_side: int = 40
+    max_thick_slices: int = 5
+    p_rotate: float = 0.3
+    max_angle: float = 0.5  # radians
+    scale_range: tuple[float, float] = (0.75, 1.3)
+
+
+@dataclass
+class TrainingVolume:
+    image: np.ndarray  # uint8 (z, y, x)
+    truth: np.ndarray  # bool, the target structure
+    spacing: tuple[float, float, float]  # array order (z, y, x)
+    source: str
+
+
+def draw_volume(rng: np.random.Generator, sources: LabelSources, recipe: Recipe) -> TrainingVolume:
+    """One random volume and target; retries until the target survives cropping and thick slicing."""
+    for _ in range(20):
+        u = rng.random()
+        if u < recipe.p_atlas and sources.atlases:
+            labels, source = sources.atlases[int(rng.integers(len(sources.atlases)))], "atlas"
+        elif u < recipe.p_atlas + recipe.p_tissue and sources.tissue is not None:
+            labels, source = sources.tissue, "tissue"
+        else:
+            side = rng.integers(recipe.min_side, recipe.max_side + 1, size=3)
+            labels, source = random_shapes(rng, tuple(int(s) for s in side)), "shapes"
+        present = np.unique(labels)
+        present = present[(present > 0) & (present <= FIRST_TARGET_LABEL_ABOVE if source == "shapes" else present > 0)]
+        if len(present) == 0:
+            continue
+        target = int(present[rng.integers(len(present))])
+        labels = crop_around(reorient(labels, rng), target, rng, recipe.max_side)
+        if rng.random() < recipe.p_rotate:
+            labels = rotate_and_scale(labels, rng, recipe.max_angle, recipe.scale_range)
+        labels, k = thick_slices(labels, rng, recipe.max_thick_slices)
+        truth = labels == target
+        if truth.sum() < MIN_TARGET_VOXELS:
+            continue
+        return TrainingVolume(render_image(labels, rng), truth, (float(k), 1.0, 1.0), source)
+    raise RuntimeError("no usable target in 20 draws")
+
+
+def first_prompt(volume: TrainingVolume, rng: np.random.Generator, with_box: bool) -> ClassPrompt:
+    """The box the organisers would draw (random widening), or without one the evaluator's first click."""
+    if with_box:
+        box = box_from_dict(organiser_box(volume.truth, np.random.RandomState(int(rng.integers(2**31)))),
+                            volume.truth.shape)
+        return ClassPrompt(LABEL, box=box)
+    return add_click(ClassPrompt(LABEL), simulate_click(np.zeros_like(volume.truth), volume.truth))
+
+
+def add_click(prompt: ClassPrompt, click: Click | None) -> ClassPrompt:
+    """The prompt after one more round: the click appended, or `None` in the order when nothing was left to fix."""
+    if click is None:
+        return replace(prompt, order=prompt.order + (None,))
+    point = np.asarray([click.voxel], dtype=np.int64)
+    if click.kind == "fg":
+        return replace(prompt, fg=np.concatenate([prompt.fg, point]), order=prompt.order + ("fg",))
+    return replace(prompt, bg=np.concatenate([prompt.bg, point]), order=prompt.order + ("bg",))
+
+
+def as_case(volume: TrainingVolume, prompt: ClassPrompt, prev_pred: np.ndarray | None) -> Case:
+    return Case("train", volume.image, volume.spacing, [prompt], prev_pred)
+
+
+def training_pair(model: Model, volume: TrainingVolume, prompt: ClassPrompt,
+                  prev_pred: np.ndarray | None) -> tuple[torch.Tensor, torch.Tensor]:
+    """(network input (C, P, P, P), soft target (P, P, P)) on the field of view the container would choose."""
+    prepared = prepare(as_case(volume, prompt, prev_pred), model)
+    fov = fit(prompt_bounds(prepared, prompt), model.spec.patch_size)
+    return network_input(model, prepared, prompt, fov), patch_target(volume.truth, fov)
+
+
+def patch_target(truth: np.ndarray, fov: FieldOfView) -> torch.Tensor:
+    """The target's area fraction in each patch voxel."""
+    where = np.nonzero(truth)
+    lo = [int(w.min()) for w in where]
+    hi = [int(w.max()) + 1 for w in where]
+    return sample_area(truth[lo[0]:hi[0], lo[1]:hi[1], lo[2]:hi[2]], tuple(lo), fov).clamp_(0, 1)  # cumsum rounding

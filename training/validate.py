@@ -1,0 +1,182 @@
+"""Held-out validation through the harness: a model next to the box-fill and click-ball floors.
+
+    .venv/bin/python -m training.validate cases OUT_CASES            # write the validation cases
+    .venv/bin/python -m training.validate run OUT_CASES OUT [--model DIR] [--only model box-fill click-balls]
+
+Cases never seen in training (file names `MODALITY_SOURCE_i.npz`):
+- `hammers`: the held-out Hammers atlas, synthetic appearance (held-out seeds), one with thick slices;
+- `shapes`: random shapes from a held-out seed;
+- `mniT1`: the real MNI152 2009a T1 image with its grey and white matter;
+- `cat12T1`: the real CAT12 T1 template on the atlas grid with held-out Hammers regions.
+`run` replays the official protocol on them with boxes and with `--no-box`, for the model and
+the floors, and writes `validation.md` (means over cases, overall and per source).
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import shlex
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+from scipy import ndimage
+
+from inference.synthetic_cases import write_case
+
+from .label_maps import DATA_DIR, VALIDATION_ATLAS, mni_tissue, random_shapes, read_atlas, read_nifti
+from .synthesis import render_image
+
+REPO = Path(__file__).resolve().parent.parent
+SCORES = ("DSC_AUC", "NSD_AUC", "DSC_Final", "NSD_Final")
+SEED = 1_000_003  # training draws use seeds (config seed, step); this one is never among them
+CLASSES_PER_CASE = 3
+
+
+def relabel(labels: np.ndarray, targets: list[int]) -> np.ndarray:
+    """Targets become 1..K in order; everything else background."""
+    gts = np.zeros(labels.shape, dtype=np.uint8)
+    for i, t in enumerate(targets):
+        gts[labels == t] = i + 1
+    return gts
+
+
+def pick_regions(labels: np.ndarray, rng: np.random.Generator, k: int, min_voxels: int = 500) -> list[int]:
+    values, counts = np.unique(labels[labels > 0], return_counts=True)
+    values = values[counts >= min_voxels]
+    return [int(v) for v in rng.choice(values, size=min(k, len(values)), replace=False)]
+
+
+def brain_crop(mask: np.ndarray, margin: int = 4) -> tuple[slice, ...]:
+    where = np.nonzero(mask)
+    return tuple(slice(max(int(w.min()) - margin, 0), int(w.max()) + margin + 1) for w in where)
+
+
+def cat12_template_on_atlas_grid(data_dir: Path = DATA_DIR) -> np.ndarray:
+    """The 0.5 mm CAT12 template resampled (trilinear) onto the 1 mm atlas grid, uint8, array order (z, y, x)."""
+    import nibabel as nib
+
+    template = nib.load(str(data_dir / "Template_05mm_bet.nii.gz"))
+    atlas = nib.load(str(data_dir / f"{VALIDATION_ATLAS}.nii.gz"))
+    to_template = np.linalg.inv(template.affine) @ atlas.affine
+    values = ndimage.affine_transform(np.asanyarray(template.dataobj).astype(np.float32), to_template[:3, :3],
+                                      to_template[:3, 3], output_shape=atlas.shape[:3], order=1)
+    return np.round(np.clip(values, 0, 1) * 255).astype(np.uint8).transpose(2, 1, 0)
+
+
+def write_validation_cases(out: Path, data_dir: Path = DATA_DIR) -> list[Path]:
+    rng = np.random.default_rng(SEED)
+    written = []
+    hammers = read_atlas(VALIDATION_ATLAS, data_dir)
+    crop = brain_crop(hammers > 0)
+    hammers = hammers[crop]
+    for i in range(3):
+        targets = pick_regions(hammers, rng, CLASSES_PER_CASE)
+        labels, spacing = hammers, (1.0, 1.0, 1.0)
+        if i == 2:  # thick slices, as in most clinical MR
+            labels, spacing = hammers[::3], (1.0, 1.0, 3.0)
+        written.append(write_case(out / f"MR_hammers_{i}.npz", {
+            "imgs": render_image(labels, rng), "gts": relabel(labels, targets), "spacing": np.asarray(spacing)}))
+    for i in range(3):
+        labels = random_shapes(rng, (64, 112, 112))
+        targets = [t for t in range(1, 1 + CLASSES_PER_CASE) if (labels == t).sum() >= 20]
+        written.append(write_case(out / f"CT_shapes_{i}.npz", {
+            "imgs": render_image(labels, rng), "gts": relabel(labels, targets), "spacing": np.asarray((1.0, 1.0, 1.0))}))
+    t1, tissue = mni_tissue(data_dir)
+    crop = brain_crop(t1 > 0)
+    written.append(write_case(out / "MR_mniT1_0.npz", {
+        "imgs": t1[crop], "gts": relabel(tissue[crop], [1, 2]), "spacing": np.asarray((1.0, 1.0, 1.0))}))
+    template = cat12_template_on_atlas_grid(data_dir)[crop_of(read_atlas(VALIDATION_ATLAS, data_dir))]
+    for i in range(2):
+        targets = pick_regions(hammers, rng, CLASSES_PER_CASE)
+        written.append(write_case(out / f"MR_cat12T1_{i}.npz", {
+            "imgs": template, "gts": relabel(hammers, targets), "spacing": np.asarray((1.0, 1.0, 1.0))}))
+    return written
+
+
+def crop_of(labels: np.ndarray) -> tuple[slice, ...]:
+    return brain_crop(labels > 0)
+
+
+# ----------------------------------------------------------------------------- running
+
+
+PREDICTORS = ("model", "box-fill", "click-balls")
+
+
+def predictor_command(name: str, model: Path | None) -> str:
+    if name == "model":
+        model_arg = f" --model {shlex.quote(str(model))}" if model else ""
+        return f"sh {shlex.quote(str(REPO / 'predict.sh'))} {{inputs}} {{outputs}}{model_arg}"
+    return f"cd {shlex.quote(str(REPO))} && {shlex.quote(sys.executable)} -m training.floors {name} {{inputs}} {{outputs}}"
+
+
+def settings(name: str) -> list[bool]:
+    """The `--no-box` settings a predictor is run with: box-fill has nothing to fill without a box."""
+    return [False] if name == "box-fill" else [False, True]
+
+
+def read_results(out: Path) -> dict[tuple[str, bool], list[dict]]:
+    """Every finished run under `out`, in a fixed order."""
+    results = {}
+    for name in PREDICTORS:
+        for no_box in settings(name):
+            path = out / f"{name}{'-nobox' * no_box}" / "metrics.csv"
+            if path.exists():
+                with open(path) as f:
+                    results[(name, no_box)] = list(csv.DictReader(f))
+    return results
+
+
+def run_harness(cases: Path, out: Path, command: str, no_box: bool) -> None:
+    args = [sys.executable, "-m", "inference.harness", "run", str(cases), str(out), "--predictor", command]
+    subprocess.run(args + (["--no-box"] if no_box else []), cwd=REPO, check=True)
+
+
+def source(case_name: str) -> str:
+    return case_name.split("_")[1] if case_name.count("_") >= 2 else case_name
+
+
+def table(results: dict[tuple[str, bool], list[dict]]) -> str:
+    """Markdown: one row per (predictor, prompt setting), overall then per source, DSC_AUC per source."""
+    sources = sorted({source(r["CaseName"]) for rows in results.values() for r in rows})
+    head = ["predictor", "prompts", "cases", *SCORES, "over budget", "mean s/case", *[f"DSC_AUC {s}" for s in sources]]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for (name, no_box), rows in results.items():
+        mean = {s: np.mean([float(r[s]) for r in rows]) for s in SCORES}
+        per_source = [np.mean([float(r["DSC_AUC"]) for r in rows if source(r["CaseName"]) == s]) for s in sources]
+        over = sum(r.get("over_budget") in ("True", "1", "true") for r in rows)
+        seconds = np.mean([float(r["TotalRunningTime"]) for r in rows])
+        lines.append("| " + " | ".join([name, "clicks only" if no_box else "box + clicks", str(len(rows)),
+                                        *[f"{mean[s]:.3f}" for s in SCORES], str(over), f"{seconds:.1f}",
+                                        *[f"{v:.3f}" for v in per_source]]) + " |")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+    c = sub.add_parser("cases")
+    c.add_argument("out", type=Path)
+    r = sub.add_parser("run")
+    r.add_argument("cases", type=Path)
+    r.add_argument("out", type=Path)
+    r.add_argument("--model", type=Path, help="model folder (default: the container's default)")
+    r.add_argument("--only", nargs="+", choices=PREDICTORS, default=list(PREDICTORS),
+                   help="run these (the table also shows earlier runs found in OUT)")
+    args = parser.parse_args(argv)
+    if args.command == "cases":
+        for path in write_validation_cases(args.out):
+            print(path)
+        return
+    for name in args.only:
+        for no_box in settings(name):
+            run_harness(args.cases, args.out / f"{name}{'-nobox' * no_box}", predictor_command(name, args.model), no_box)
+    text = table(read_results(args.out))
+    (args.out / "validation.md").write_text(text + "\n")
+    print(text)
+
+
+if __name__ == "__main__":
+    main()
