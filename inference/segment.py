@@ -117,6 +117,10 @@ def segment_class(model: Model, prepared: PreparedCase, prompt: ClassPrompt,
     """Probability for one class; keeps the previous prediction when the user had nothing to fix."""
     if prompt.done and prompt.label in prepared.prev_bounds:
         return ClassOutcome(keep_previous(prepared, prompt.label), "kept (no error left)")
+    if model.spec.pipeline == "nninteractive":
+        from .segment_nninteractive import segment_class_nninteractive  # it builds on this module
+
+        return segment_class_nninteractive(model, prepared, prompt, effort or Effort(model.spec.patch_size))
     bounds = prompt_bounds(prepared, prompt)
     if bounds is None:
         return ClassOutcome(None, "no prompt: empty")
