@@ -7,7 +7,15 @@ import shutil
 import pytest
 import torch
 
-from inference.model import build_network, load_model, load_state_dict, read_spec
+from inference.model import (
+    ModelSpec,
+    _resolve_configuration,
+    build_network,
+    load_model,
+    load_state_dict,
+    read_spec,
+    resenc_architecture,
+)
 from inference.nninteractive_layout import (
     CHANNELS,
     DEFAULT_CONFIGURATION,
@@ -17,7 +25,6 @@ from inference.nninteractive_layout import (
     is_layout,
     official_plans,
 )
-from inference.model import resenc_architecture
 from inference.prompts import PromptEncoding
 from nninteractive_fixtures import SMALL_CONFIGURATION, SMALL_PATCH, layout_plans, small_layout
 
@@ -117,8 +124,6 @@ def test_official_plans_build_resenc_l():
     plans = official_plans(resenc_architecture(RESENC_L_FEATURES, RESENC_L_BLOCKS))
     assert plans["configurations"][DEFAULT_CONFIGURATION]["inherits_from"] == "3d_fullres"
     assert layout_plans()["configurations"][DEFAULT_CONFIGURATION] == plans["configurations"][DEFAULT_CONFIGURATION]
-    from inference.model import ModelSpec, _resolve_configuration
-
     config = _resolve_configuration(plans["configurations"], DEFAULT_CONFIGURATION)
     assert config["patch_size"] == [192, 192, 192]
     spec = ModelSpec(folder=None, architecture=config["architecture"], channels=tuple(CHANNELS), patch_size=192,

@@ -193,3 +193,10 @@ def test_resenc_l_one_point(tmp_path_factory):
     outcome = pair.run(prompt, add_point(POINT))
     pair.assert_pass_equal(0)
     assert_same_mask(pair, outcome)
+
+
+def test_the_package_refuses_3d_boxes_which_is_why_mid_slice_is_the_default(pair):
+    slab = [[SMALL_BOX.lo[0], SMALL_BOX.hi[0] + 1], [20, 41], [22, 42]]
+    with pytest.raises(ValueError, match="3D"):
+        pair.session.add_bbox_interaction(slab, include_interaction=True, run_prediction=False)
+    assert load_model(pair.model.spec.folder, torch.device("cpu")).spec.prompts.box == "mid_slice"
