@@ -62,6 +62,23 @@ class MaskProbability:
         return torch.from_numpy(sub == self.label).float()
 
 
+@dataclass(frozen=True)
+class BlockMask:
+    """A hard mask given on a block of the volume: 0/1 `block` placed at `start` (a refined nnInteractive answer)."""
+
+    label: int
+    start: tuple[int, int, int]
+    block: np.ndarray
+
+    def region(self, shape) -> list[list[int]] | None:
+        box = [[max(s, 0), min(s + n, m)] for s, n, m in zip(self.start, self.block.shape, shape)]
+        return box if all(a < b for a, b in box) else None
+
+    def values(self, region: list[list[int]]) -> torch.Tensor:
+        local = tuple(slice(a - s, b - s) for (a, b), s in zip(region, self.start))
+        return torch.from_numpy(self.block[local] != 0).float()
+
+
 def _overlap(a: list[list[int]], b: list[list[int]]) -> list[list[int]] | None:
     box = [[max(x0, y0), min(x1, y1)] for (x0, x1), (y0, y1) in zip(a, b)]
     return box if all(lo < hi for lo, hi in box) else None
@@ -95,7 +112,7 @@ class PatchOverMask:
         return out
 
 
-ClassProbability = PatchProbability | MaskProbability | PatchOverMask
+ClassProbability = PatchProbability | MaskProbability | PatchOverMask | BlockMask
 
 
 def label_dtype(max_label: int) -> np.dtype:

@@ -216,12 +216,15 @@ def to_patch(channel: torch.Tensor, patch: int, k: int = 1) -> torch.Tensor:
 
 def network_input(image: np.ndarray, mean: float, std: float, prev_pred: np.ndarray | None, label: int,
                   stamps: Stamps, view: View, layout: tuple[str, ...], point_radius: float,
-                  device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
-    """(network input (C, P, P, P) float32 on the CPU, previous mask on the patch grid for AutoZoom)."""
+                  device: torch.device, prev_crop: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """(network input (C, P, P, P) float32 on the CPU, previous mask on the patch grid for AutoZoom).
+
+    `prev_crop` replaces the class's previous mask on the crop (refinement passes see their own).
+    """
     fov, shape, patch = view.fov, image.shape, view.patch
     zoomed = fov.side != patch
     img = image_crop(image, mean, std, fov).to(device)
-    prev = previous_crop(prev_pred, label, fov).to(device)
+    prev = (previous_crop(prev_pred, label, fov) if prev_crop is None else prev_crop.to(torch.float16)).to(device)
     if zoomed:
         img = F.interpolate(img[None, None], (patch,) * 3, mode="trilinear")[0, 0]
         prev_for_zoom = F.interpolate(prev[None, None], (patch,) * 3, mode="nearest")[0, 0]

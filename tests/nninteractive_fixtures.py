@@ -11,6 +11,8 @@ from inference.nninteractive_layout import RESENC_L_BLOCKS, RESENC_L_FEATURES, o
 SMALL_CONFIGURATION = "3d_fullres_test_ps48"  # a second configuration: the v1.0 plans stay as they are
 SMALL_PATCH = 48
 RESENC_L_SMALL_PATCH = "3d_fullres_ps64"  # ResEnc-L itself at a 64^3 patch (its downsampling is 32)
+# the session's refinement keeps a 24-voxel margin on each side of a patch: it needs patches above 48
+SMALL_REFINE_CONFIGURATION = "3d_fullres_test_ps64"
 
 
 def layout_plans() -> dict:
@@ -18,6 +20,7 @@ def layout_plans() -> dict:
     small = resenc_architecture([8, 16, 32, 64], [1, 1, 1, 1])
     return official_plans(resenc_architecture(RESENC_L_FEATURES, RESENC_L_BLOCKS), {
         SMALL_CONFIGURATION: {"inherits_from": "3d_fullres", "patch_size": [SMALL_PATCH] * 3, "architecture": small},
+        SMALL_REFINE_CONFIGURATION: {"inherits_from": "3d_fullres", "patch_size": [64] * 3, "architecture": small},
         RESENC_L_SMALL_PATCH: {"inherits_from": "3d_fullres", "patch_size": [64] * 3},
     })
 

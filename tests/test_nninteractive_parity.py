@@ -1,12 +1,13 @@
 """Parity with the reference: the `nninteractive` package's own inference session (pinned 2.6.0) and our
 pipeline load the same random-weight folder in the official v1.0 layout and see the same image and prompts.
 
-Asserted per case, from forward hooks on both networks: the same network input (atol 1e-3, the float16
-step at 1; in practice bit for bit), the same logits (atol 1e-4), and for zoom 1 the same mask.
-(a) one positive point, (b) one 2D box, both at zoom 1; (c) a box that needs zoom > 1: input and logits of
-the coarse pass only, since the session then refines at full resolution and we upsample; (d) AutoZoom
-from a point, compared pass by pass. Needs the package (`.ci/run` installs it into a separate folder):
-skipped without it, unless SEGFM_PARITY_REQUIRED is set (then a failing import fails the test).
+Asserted per case, from forward hooks on both networks, for every forward pass: the same network input
+(atol 1e-3, the float16 step at 1; in practice bit for bit) and the same logits (atol 1e-4); then the same
+mask (exactly). (a) one positive point, (b) one 2D box (alone, and with clicks over a previous mask), both
+at zoom 1; (c) a box that needs zoom > 1: its coarse pass at patch 48, and at patch 64 the coarse pass, the
+full-resolution refinement passes and the mask (the session's refinement needs patches above 48);
+(d) AutoZoom from a point up to zoom 4, then refinement. Needs the package (`.ci/run` installs it into a
+separate folder): skipped without it, unless SEGFM_PARITY_REQUIRED is set (then a failing import fails).
 """
 from __future__ import annotations
 
@@ -29,7 +30,13 @@ from inference.fusion import fuse_classes
 from inference.model import load_model
 from inference.predict import predict_case
 from inference.segment import Effort, prepare, segment_class
-from nninteractive_fixtures import RESENC_L_SMALL_PATCH, SMALL_PATCH, sample_image, small_layout
+from nninteractive_fixtures import (
+    RESENC_L_SMALL_PATCH,
+    SMALL_PATCH,
+    SMALL_REFINE_CONFIGURATION,
+    sample_image,
+    small_layout,
+)
 
 INPUT_ATOL = 1e-3
 LOGIT_ATOL = 1e-4
@@ -63,12 +70,14 @@ class Pair:
         """Both sides on one class (`prev`: the previous call's labels); returns our class outcome."""
         self.theirs.passes.clear()
         self.ours.passes.clear()
+        np.random.seed(0)  # the refinement planner's fallback draws from numpy's global generator
         with contextlib.redirect_stdout(io.StringIO()):
             self.session.reset_interactions()
             add_to_session(self.session)
             self.session._predict()
         case = Case("parity", self.image, (1.0, 1.0, 1.0), [prompt], prev_pred=prev)
         effort = Effort(self.model.spec.patch_size, max_passes=5 if self.autozoom else 1)
+        np.random.seed(0)
         return segment_class(self.model, prepare(case, self.model), prompt, effort)
 
     def assert_pass_equal(self, index: int) -> None:
@@ -160,7 +169,7 @@ def test_b_box_with_clicks_and_previous_mask(pair):
 
 
 def test_c_box_needing_zoom_coarse_pass(pair):
-    """Zoom > 1: the coarse pass matches; the session then refines at full resolution, which we do not (yet)."""
+    """Zoom > 1 at patch 48: the coarse pass matches (refinement is compared at patch 64, below)."""
     outcome = pair.run(ClassPrompt(1, box=LARGE_BOX), add_box(LARGE_BOX))
     assert len(pair.theirs.passes) >= 2  # coarse pass, then refinement passes
     pair.assert_pass_equal(0)
@@ -169,19 +178,31 @@ def test_c_box_needing_zoom_coarse_pass(pair):
     assert 0 < float(box.max()) < 1  # a one-slice box area-averaged onto a coarser grid
 
 
-def test_d_autozoom_passes_match(tmp_path_factory):
-    """With AutoZoom on, every zoom-out pass we make is the session's pass of the same rank."""
-    folder = small_layout(tmp_path_factory.mktemp("nninteractive_autozoom"), seed=3)
-    pair = Pair(folder, sample_image(seed=1), autozoom=True)
-    # only the coarse passes are compared; the session's refinement also assumes a 192 patch (margin 24)
-    pair.session._plan_refinement_bboxes = lambda *args, **kwargs: []
-    pair.session._refine_coarse = lambda *args, **kwargs: None
-    prompt = ClassPrompt(1, fg=np.array([POINT]), order=("fg",))
-    outcome = pair.run(prompt, add_point(POINT))
-    assert outcome.passes == len(pair.ours.passes) >= 2, "the test needs a case that zooms out"
-    assert len(pair.theirs.passes) == outcome.passes  # the same decision to stop zooming
+def test_c_box_needing_zoom_refined_mask(tmp_path_factory):
+    """Zoom > 1 with AutoZoom and refinement on both sides (patch 64: the refinement needs more than 48):
+    every pass, coarse and refining, and the final mask are the same."""
+    folder = small_layout(tmp_path_factory.mktemp("nninteractive_refine"), SMALL_REFINE_CONFIGURATION)
+    pair = Pair(folder, sample_image(shape=(48, 90, 84)), autozoom=True)
+    box = Box(lo=(14, 5, 6), hi=(30, 80, 70), z_mid=22)
+    outcome = pair.run(ClassPrompt(1, box=box), add_box(box))
+    assert "refining" in outcome.how, outcome.how
+    assert len(pair.theirs.passes) == len(pair.ours.passes) == outcome.passes
     for i in range(outcome.passes):
         pair.assert_pass_equal(i)
+    assert_same_mask(pair, outcome)
+
+
+def test_d_autozoom_passes_match(tmp_path_factory):
+    """AutoZoom from a point: every pass (zooming out, then refining) and the mask are the session's."""
+    folder = small_layout(tmp_path_factory.mktemp("nninteractive_autozoom"), SMALL_REFINE_CONFIGURATION, seed=3)
+    pair = Pair(folder, sample_image(seed=1), autozoom=True)
+    prompt = ClassPrompt(1, fg=np.array([POINT]), order=("fg",))
+    outcome = pair.run(prompt, add_point(POINT))
+    assert "zoom 1.00" not in outcome.how, "the test needs a case that zooms out"
+    assert len(pair.theirs.passes) == len(pair.ours.passes) == outcome.passes
+    for i in range(outcome.passes):
+        pair.assert_pass_equal(i)
+    assert_same_mask(pair, outcome)
 
 
 def test_resenc_l_one_point(tmp_path_factory):

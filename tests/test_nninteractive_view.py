@@ -10,9 +10,10 @@ import torch
 import torch.nn.functional as F
 
 from inference.case_io import Box, Case, ClassPrompt
-from inference.fusion import MaskProbability, PatchOverMask, PatchProbability, fuse_classes
+from inference.fusion import BlockMask, MaskProbability, PatchOverMask, PatchProbability, fuse_classes
 from inference.model import load_model
 from inference.nninteractive_layout import CHANNELS
+from inference.nninteractive_refine import changed_region, cover, plan, window_extreme
 from inference.nninteractive_view import (
     View,
     border_changed,
@@ -212,3 +213,48 @@ def test_predict_sh_with_the_layout_patch_and_box_mode(tmp_path, run_predict_sh,
     assert result.returncode == 0 and f"patch {SMALL_PATCH}, box mid_slice" in result.stderr
     result = run_predict_sh(tmp_path / "in", tmp_path / "out3", env={"SEGFM_BOX_MODE": "cube"})
     assert result.returncode != 0 and "cube" in result.stderr
+
+
+# ----------------------------------------------------------------------------- refinement (nninteractive_refine.py)
+
+
+def test_opening_on_the_block_equals_the_opening_of_the_whole_crop():
+    rng = np.random.default_rng(1)
+    coarse = torch.zeros((40, 41, 42), dtype=torch.uint8)
+    coarse[3:20, 5:30, 0:12] = torch.from_numpy(rng.random((17, 25, 12)) > 0.01).to(torch.uint8)
+    previous = torch.zeros((40, 41, 42), dtype=torch.float16)
+    full = (coarse != previous).half()
+    full = window_extreme(window_extreme(full, 5, minimum=True), 5, minimum=False).to(torch.uint8)
+    assert full.any() and torch.equal(changed_region(coarse, previous), full)
+
+
+def test_cover_puts_every_changed_voxel_inside_a_box_margin():
+    mask = torch.zeros((120, 100, 90), dtype=torch.uint8)
+    mask[10:110, 20:80, 5:85] = 1
+    boxes = cover(mask, 64)
+    inner = torch.zeros_like(mask)
+    for box in boxes:
+        assert all(b - a == 64 for a, b in box)
+        inner[tuple(slice(max(a + 24, 0), b - 24) for a, b in box)] = 1
+    assert bool((inner >= mask).all()) and len(boxes) >= 100 * 60 * 80 // 16**3  # inner parts are 16^3
+
+
+def test_plan_falls_back_to_one_box_on_the_last_prompt():
+    fov = View((30, 30, 30), 1.5, 64).fov
+    same = torch.zeros((fov.side,) * 3, dtype=torch.uint8)
+    assert plan(same, same.half(), fov, (60, 60, 60), (30, 30, 30)) == [[[-2, 62], [-2, 62], [-2, 62]]]
+
+
+def test_refined_answer_replaces_the_previous_mask_only_in_its_boxes(model):
+    image = sample_image(shape=(40, 140, 64))
+    prev = np.zeros(image.shape, np.uint8)
+    prev[18:22, 120:130, 20:30] = 1  # far outside the zoomed crop: kept
+    wide = Box(lo=(15, 2, 2), hi=(25, 70, 60), z_mid=20)
+    prompt = ClassPrompt(1, box=wide)
+    case = Case("t", image, (1.0, 1.0, 1.0), [prompt], prev_pred=prev)
+    outcome = segment_class(model, prepare(case, model), prompt, Effort(SMALL_PATCH))
+    assert isinstance(outcome.probability, BlockMask) and "refining" in outcome.how
+    labels = fuse_classes(image.shape, [outcome.probability])
+    np.testing.assert_array_equal(labels[18:22, 120:130, 20:30], 1)
+    one_pass = segment_class(model, prepare(case, model), prompt, Effort(SMALL_PATCH, max_passes=1))
+    assert isinstance(one_pass.probability, PatchOverMask) and one_pass.passes == 1
