@@ -62,7 +62,57 @@ class MaskProbability:
         return torch.from_numpy(sub == self.label).float()
 
 
-ClassProbability = PatchProbability | MaskProbability
+@dataclass(frozen=True)
+class BlockMask:
+    """A hard mask given on a block of the volume: 0/1 `block` placed at `start` (a refined nnInteractive answer)."""
+
+    label: int
+    start: tuple[int, int, int]
+    block: np.ndarray
+
+    def region(self, shape) -> list[list[int]] | None:
+        box = [[max(s, 0), min(s + n, m)] for s, n, m in zip(self.start, self.block.shape, shape)]
+        return box if all(a < b for a, b in box) else None
+
+    def values(self, region: list[list[int]]) -> torch.Tensor:
+        local = tuple(slice(a - s, b - s) for (a, b), s in zip(region, self.start))
+        return torch.from_numpy(self.block[local] != 0).float()
+
+
+def _overlap(a: list[list[int]], b: list[list[int]]) -> list[list[int]] | None:
+    box = [[max(x0, y0), min(x1, y1)] for (x0, x1), (y0, y1) in zip(a, b)]
+    return box if all(lo < hi for lo, hi in box) else None
+
+
+@dataclass(frozen=True)
+class PatchOverMask:
+    """A network patch pasted over the class's previous mask: outside the crop the previous answer stays (nnInteractive)."""
+
+    patch: PatchProbability
+    mask: MaskProbability | None = None
+
+    @property
+    def label(self) -> int:
+        return self.patch.label
+
+    def region(self, shape) -> list[list[int]] | None:
+        parts = [r for r in (self.patch.region(shape), self.mask.region(shape) if self.mask else None) if r]
+        if not parts:
+            return None
+        return [[min(r[d][0] for r in parts), max(r[d][1] for r in parts)] for d in range(3)]
+
+    def values(self, region: list[list[int]]) -> torch.Tensor:
+        out = torch.zeros([hi - lo for lo, hi in region])
+        # the crop overwrites the previous mask, background included, as the session pastes it
+        for part, bounds in ((self.mask, self.mask and self.mask.bounds), (self.patch, self.patch.fov.bbox)):
+            where = _overlap(region, bounds) if part is not None else None
+            if where is not None:
+                local = tuple(slice(lo - r[0], hi - r[0]) for (lo, hi), r in zip(where, region))
+                out[local] = part.values(where)
+        return out
+
+
+ClassProbability = PatchProbability | MaskProbability | PatchOverMask | BlockMask
 
 
 def label_dtype(max_label: int) -> np.dtype:

@@ -3,7 +3,8 @@ patch size, output head) beside the weights. One loader for our weights and nnU-
 
 `architecture` uses the schema of an nnU-Net plans configuration's "architecture" block,
 or `plans` points at an nnU-Net `plans.json` and a configuration in it; either way the
-network is built by nnunetv2's `get_network_from_plans`.
+network is built by nnunetv2's `get_network_from_plans`. A folder without `model.json` in the
+layout of the public nnInteractive weights gets its spec from `nninteractive_layout.py`.
 """
 from __future__ import annotations
 
@@ -15,11 +16,14 @@ from pathlib import Path
 
 import torch
 
+from . import nninteractive_layout
 from .normalisation import METHODS
 from .prompts import LOGICAL_CHANNELS, PromptEncoding
 
 SPEC_FILE = "model.json"
 OUTPUT_HEADS = {"sigmoid": 1, "softmax2": 2}
+# "segfm": our field of view and prompt drawing; "nninteractive": the reference session's (nninteractive_view.py)
+PIPELINES = ("segfm", "nninteractive")
 
 
 @dataclass(frozen=True)
@@ -33,12 +37,29 @@ class ModelSpec:
     output: str
     weights: str
     max_zoom: float = 4.0
+    pipeline: str = "segfm"
+    interaction_decay: float = 1.0  # nnInteractive: each older prompt counts this much less
 
 
-def read_spec(folder: str | os.PathLike) -> ModelSpec:
-    """Parse and check `model.json`; raises ValueError naming the bad field."""
+def raw_spec(folder: Path) -> dict:
+    """`model.json`, or what an nnInteractive-layout folder stands for."""
+    if (folder / SPEC_FILE).is_file():
+        return json.loads((folder / SPEC_FILE).read_text())
+    if nninteractive_layout.is_layout(folder):
+        return nninteractive_layout.derive_spec(folder)
+    raise FileNotFoundError(f"{folder}: no {SPEC_FILE}, and not an nnInteractive folder "
+                            f"({nninteractive_layout.SESSION_FILE}, {nninteractive_layout.PLANS_FILE}, "
+                            f"one fold_*/{nninteractive_layout.CHECKPOINT_NAME})")
+
+
+def read_spec(folder: str | os.PathLike, patch_size: int | None = None, box_mode: str | None = None) -> ModelSpec:
+    """Parse and check a model folder's spec; `patch_size` and `box_mode` override it. Raises ValueError naming the bad field."""
     folder = Path(folder)
-    raw = json.loads((folder / SPEC_FILE).read_text())
+    raw = raw_spec(folder)
+    if patch_size is not None:
+        raw["patch_size"] = patch_size
+    if box_mode is not None:
+        raw["prompts"] = {**raw.get("prompts", {}), "box": box_mode}
     architecture, plans_patch = _architecture(folder, raw)
     channels = tuple(raw["channels"])
     unknown = [c for c in channels if c not in LOGICAL_CHANNELS]
@@ -53,6 +74,11 @@ def read_spec(folder: str | os.PathLike) -> ModelSpec:
         raise ValueError(f"{SPEC_FILE}: output must be one of {tuple(OUTPUT_HEADS)}, got {raw.get('output')!r}")
     if raw.get("normalisation") not in METHODS:
         raise ValueError(f"{SPEC_FILE}: normalisation must be one of {METHODS}, got {raw.get('normalisation')!r}")
+    if raw.get("pipeline", "segfm") not in PIPELINES:
+        raise ValueError(f"{SPEC_FILE}: pipeline must be one of {PIPELINES}, got {raw.get('pipeline')!r}")
+    decay = float(raw.get("interaction_decay", 1.0))
+    if not 0 < decay <= 1:
+        raise ValueError(f"{SPEC_FILE}: interaction_decay must be in (0, 1], got {decay}")
     return ModelSpec(
         folder=folder,
         architecture=architecture,
@@ -63,6 +89,8 @@ def read_spec(folder: str | os.PathLike) -> ModelSpec:
         output=raw["output"],
         weights=raw["weights"],
         max_zoom=float(raw.get("max_zoom", 4.0)),
+        pipeline=raw.get("pipeline", "segfm"),
+        interaction_decay=decay,
     )
 
 
@@ -100,17 +128,26 @@ class Model:
         self.device = torch.device("cpu")
 
     @torch.inference_mode()
-    def probability(self, x: torch.Tensor) -> torch.Tensor:
-        """Foreground probability (P, P, P) on the CPU for one network input (C, P, P, P)."""
+    def margin(self, x: torch.Tensor) -> torch.Tensor:
+        """Foreground logit (P, P, P) on the CPU for one network input (C, P, P, P): > 0 means foreground.
+
+        For 2 logits it is logit1 - logit0, so `> 0` is exactly their argmax with ties to background.
+        """
         x = x.to(self.device, non_blocking=True)[None]
         if self.device.type == "cuda":
-            dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+            # the reference nnInteractive session runs float16 autocast; bf16 has the wider range
+            dtype = torch.float16 if self.spec.pipeline == "nninteractive" or not torch.cuda.is_bf16_supported() \
+                else torch.bfloat16
             with torch.autocast("cuda", dtype=dtype):
                 logits = self.network(x)[0].float()
         else:
             logits = self.network(x)[0]
         fg = logits[0] if self.spec.output == "sigmoid" else logits[1] - logits[0]
-        return torch.sigmoid(fg).cpu()
+        return fg.cpu()
+
+    def probability(self, x: torch.Tensor) -> torch.Tensor:
+        """Foreground probability (P, P, P) on the CPU for one network input (C, P, P, P)."""
+        return torch.sigmoid(self.margin(x))
 
 
 def build_network(spec: ModelSpec) -> torch.nn.Module:
@@ -192,10 +229,15 @@ def pick_device() -> torch.device:
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
-def load_model(folder: str | os.PathLike, device: torch.device | None = None) -> Model:
-    spec = read_spec(folder)
+def load_model(folder: str | os.PathLike, device: torch.device | None = None,
+               patch_size: int | None = None, box_mode: str | None = None) -> Model:
+    """Build and load a model folder; `patch_size` / `box_mode` override its spec (e.g. a smaller patch on the CPU)."""
+    spec = read_spec(folder, patch_size, box_mode)
     device = device or pick_device()
     network = build_network(spec)
     network.load_state_dict(load_state_dict(spec.folder / spec.weights))
     network.eval().to(device)
-    return Model(spec, network, device)
+    model = Model(spec, network, device)
+    if spec.patch_size % model.divisor:
+        raise ValueError(f"patch size {spec.patch_size} is not a multiple of the network's downsampling {model.divisor}")
+    return model

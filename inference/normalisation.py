@@ -2,8 +2,11 @@
 from __future__ import annotations
 
 import numpy as np
+import torch
 
-METHODS = ("zscore_nonzero_bbox", "zscore", "unit")
+# zscore_nonzero_bbox_torch: the same statistics as nnInteractive's session computes them (float32 torch
+# mean and unbiased std), so that the image channel matches it bit for bit
+METHODS = ("zscore_nonzero_bbox", "zscore_nonzero_bbox_torch", "zscore", "unit")
 SLAB_VOXELS = 1 << 24
 
 
@@ -11,6 +14,8 @@ def intensity_stats(image: np.ndarray, method: str) -> tuple[float, float]:
     """(mean, std) such that (image - mean) / std is the network's image channel."""
     if method == "unit":
         return 0.0, 255.0
+    if method == "zscore_nonzero_bbox_torch":
+        return _torch_mean_std(image, _nonzero_slices(image))
     if method == "zscore_nonzero_bbox":  # nnInteractive: statistics over the bounding box of nonzero voxels
         region = image[_nonzero_slices(image)]
     elif method == "zscore":
@@ -31,6 +36,17 @@ def _nonzero_slices(image: np.ndarray) -> tuple[slice, ...]:
             return tuple(slice(None) for _ in range(image.ndim))
         slices.append(slice(profile[0], profile[-1] + 1))
     return tuple(slices)
+
+
+def _torch_mean_std(image: np.ndarray, region: tuple[slice, ...]) -> tuple[float, float]:
+    """float32 mean and unbiased std of `image[region]`, reduced like nnInteractive does (whole float32 image, then a view).
+
+    Returned as Python floats that hold the float32 values exactly.
+    """
+    # the reduction's bits depend on the memory layout it walks, so the view is taken of the full float32 volume
+    volume = torch.from_numpy(np.ascontiguousarray(image, dtype=np.float32))[None]
+    crop = volume[(slice(0, 1), *region)]
+    return float(crop.mean()), max(float(crop.std()), 1e-8)  # a constant image would divide by 0
 
 
 def _mean_std(region: np.ndarray) -> tuple[float, float]:

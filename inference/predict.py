@@ -28,12 +28,15 @@ from .budget import CallBudget, call_index, process_started, read_ledger, record
 from .case_io import Case, CaseError, read_case, write_segs
 from .fusion import ClassProbability, apply_clicks, fuse_classes
 from .model import Model, load_model
+from .prompts import BOX_MODES
 from .segment import Effort, PreparedCase, fallback, prepare, segment_class
 
 DEFAULT_INPUTS = "/workspace/inputs"
 DEFAULT_OUTPUTS = "/workspace/outputs"
 DEFAULT_MODEL = Path(__file__).resolve().parent.parent / "model_weights" / "default"
 MODEL_ENV = "SEGFM_MODEL"
+PATCH_ENV = "SEGFM_PATCH"  # e.g. 128: a smaller patch for big networks on the CPU
+BOX_MODE_ENV = "SEGFM_BOX_MODE"  # "mid_slice" or "slab": how the box prompt is drawn
 EXIT_WATCHDOG = 4
 FINISH_SECONDS_PER_GVOXEL = 8.0  # fusion + write of the answer, measured ~4 s on 0.48 G voxels (2 cores)
 
@@ -243,6 +246,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("output_dir", nargs="?", default=DEFAULT_OUTPUTS)
     parser.add_argument("--model", default=os.environ.get(MODEL_ENV) or str(DEFAULT_MODEL),
                         help=f"model folder (default: ${MODEL_ENV} or {DEFAULT_MODEL})")
+    parser.add_argument("--patch", type=int, default=os.environ.get(PATCH_ENV) or None,
+                        help=f"patch side instead of the model's (default: ${PATCH_ENV}), a multiple of its downsampling")
+    parser.add_argument("--box-mode", choices=BOX_MODES, default=os.environ.get(BOX_MODE_ENV) or None,
+                        help=f"box prompt as the 2D mid-slice box or the 3D slab instead of the model's (${BOX_MODE_ENV})")
     parser.add_argument("--no-budget", action="store_true", help="no time budget, no watchdog (debugging)")
     args = parser.parse_args(argv)
     input_dir, output_dir = Path(args.input_dir), Path(args.output_dir)
@@ -257,8 +264,9 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(len(os.sched_getaffinity(0)))
     t0 = time.perf_counter()
     try:
-        model = load_model(args.model)
-        log(f"model {args.model} on {model.device} loaded in {time.perf_counter() - t0:.1f} s")
+        model = load_model(args.model, patch_size=args.patch, box_mode=args.box_mode)
+        log(f"model {args.model} on {model.device} loaded in {time.perf_counter() - t0:.1f} s "
+            f"(patch {model.spec.patch_size}, box {model.spec.prompts.box}, {model.spec.pipeline} pipeline)")
     except Exception as exc:
         log(f"ERROR: cannot load model {args.model}: {type(exc).__name__}: {exc}; answering with fallbacks")
         run(input_dir, output_dir, None)

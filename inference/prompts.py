@@ -60,14 +60,16 @@ def box_channel(box: Box | None, fov: FieldOfView, mode: str) -> torch.Tensor:
     return channel
 
 
-def ball_template(radius: float, style: str) -> np.ndarray:
+def ball_template(radius: float, style: str, dtype: type = np.float32) -> np.ndarray:
     """A cube of side 2*floor(radius)+1 holding the ball: 0/1, or its distance transform scaled to 1 at the centre."""
     r = int(np.floor(radius))
     grid = np.mgrid[-r:r + 1, -r:r + 1, -r:r + 1]
     ball = (grid ** 2).sum(axis=0) <= radius ** 2
     if style == "binary":
-        return ball.astype(np.float32)
-    dist = edt.edt(np.pad(ball, 1), black_border=True)[1:-1, 1:-1, 1:-1].astype(np.float32)
+        return ball.astype(dtype)
+    # squared distances are small integers, exact in float32: the root is then rounded once, in `dtype`
+    squared = edt.edtsq(np.pad(ball, 1), black_border=True)[1:-1, 1:-1, 1:-1]
+    dist = np.sqrt(squared.astype(dtype))
     return dist / dist.max()
 
 

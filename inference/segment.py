@@ -13,14 +13,14 @@ from .case_io import Case, ClassPrompt
 from .field_of_view import Bounds, FieldOfView, fit, points_bounds, sample_area, sample_linear, union
 from .fusion import ClassProbability, MaskProbability, PatchProbability
 from .model import Model
+from .nninteractive_view import BORDER_ABSOLUTE, BORDER_MINIMUM, BORDER_RELATIVE, ZOOM_OUT_STEP
 from .normalisation import intensity_stats
 from .prompts import box_bounds, prompt_channels, stack_channels
 
-ZOOM_OUT_STEP = 1.5
-# nnInteractive's AutoZoom thresholds (1500 / 100 voxels on a 192^2 face) as fractions of a face.
-BORDER_CHANGED_FRACTION = 1500 / 192**2
-BORDER_MIN_FRACTION = 100 / 192**2
-BORDER_RELATIVE_CHANGE = 0.2
+# nnInteractive's AutoZoom thresholds (voxels on a 192^2 face) as fractions of a face.
+BORDER_CHANGED_FRACTION = BORDER_ABSOLUTE / 192**2
+BORDER_MIN_FRACTION = BORDER_MINIMUM / 192**2
+BORDER_RELATIVE_CHANGE = BORDER_RELATIVE
 
 
 @dataclass(frozen=True)
@@ -117,6 +117,10 @@ def segment_class(model: Model, prepared: PreparedCase, prompt: ClassPrompt,
     """Probability for one class; keeps the previous prediction when the user had nothing to fix."""
     if prompt.done and prompt.label in prepared.prev_bounds:
         return ClassOutcome(keep_previous(prepared, prompt.label), "kept (no error left)")
+    if model.spec.pipeline == "nninteractive":
+        from .segment_nninteractive import segment_class_nninteractive  # it builds on this module
+
+        return segment_class_nninteractive(model, prepared, prompt, effort or Effort(model.spec.patch_size))
     bounds = prompt_bounds(prepared, prompt)
     if bounds is None:
         return ClassOutcome(None, "no prompt: empty")

@@ -1,6 +1,6 @@
 """Time the challenge protocol through `sh predict.sh`, whole process per call as the evaluator does.
 
-    .venv/bin/python scripts/benchmark_calls.py [--shape 64 256 256] [--classes 1] [--no-box] [--model DIR]
+    .venv/bin/python scripts/benchmark_calls.py [--shape 64 256 256] [--classes 1] [--no-box] [--model DIR] [--no-budget]
 
 A case with boxes gets 6 calls (box, then 5 click rounds), one without gets 5; each round's
 clicks come from the harness's simulated user (the official rule). Prints seconds per call,
@@ -37,7 +37,7 @@ def next_clicks(arrays: dict, labels: np.ndarray, segs: np.ndarray) -> None:
         arrays["clicks_order"][i].append(click.kind)
 
 
-def run_protocol(image, labels, boxes: bool, model: str | None, workdir: Path) -> list[float]:
+def run_protocol(image, labels, boxes: bool, model: str | None, workdir: Path, budget: bool = True) -> list[float]:
     n = int(labels.max())
     arrays = case_arrays(image, labels, boxes=boxes, keep_gts=False)
     arrays["clicks"] = [{"fg": [], "bg": []} for _ in range(n)]
@@ -45,7 +45,7 @@ def run_protocol(image, labels, boxes: bool, model: str | None, workdir: Path) -
     segs = np.zeros_like(labels)
     times = []
     env = {**os.environ, "PYTHON": sys.executable}
-    extra = ["--model", model] if model else []
+    extra = (["--model", model] if model else []) + ([] if budget else ["--no-budget"])
     for call in range(6 if boxes else 5):
         if call > 0 or not boxes:
             next_clicks(arrays, labels, segs)
@@ -78,12 +78,13 @@ def main() -> None:
     parser.add_argument("--classes", type=int, default=1)
     parser.add_argument("--no-box", action="store_true")
     parser.add_argument("--model", default=None)
+    parser.add_argument("--no-budget", action="store_true", help="full effort on every call (time what it costs)")
     args = parser.parse_args()
     image, labels = make_volume(tuple(args.shape), args.classes, seed=0)
     print(f"shape {tuple(args.shape)}, {args.classes} class(es), {'no box' if args.no_box else 'with box'}, "
           f"{os.cpu_count()} cores, model {args.model or 'default'}")
     with tempfile.TemporaryDirectory() as tmp:
-        times = run_protocol(image, labels, not args.no_box, args.model, Path(tmp))
+        times = run_protocol(image, labels, not args.no_box, args.model, Path(tmp), not args.no_budget)
     budget = BUDGET_PER_CLASS * args.classes
     print(f"total {sum(times):.1f} s over {len(times)} calls "
           f"({sum(times) / budget:.0%} of the {budget:.0f} s budget; target <= {budget / 2:.0f} s)")
