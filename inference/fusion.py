@@ -27,13 +27,19 @@ class PatchProbability:
     label: int
     fov: FieldOfView
     probs: torch.Tensor
+    z_range: tuple[int, int] | None = None  # closed; a box's slices: the object has no voxel outside them
 
     @classmethod
-    def from_network(cls, label: int, fov: FieldOfView, probs: torch.Tensor) -> "PatchProbability":
-        return cls(label, fov, probs.half().clamp(max=NETWORK_P_MAX))
+    def from_network(cls, label: int, fov: FieldOfView, probs: torch.Tensor,
+                     z_range: tuple[int, int] | None = None) -> "PatchProbability":
+        return cls(label, fov, probs.half().clamp(max=NETWORK_P_MAX), z_range)
 
     def region(self, shape) -> list[list[int]] | None:
-        return self.fov.inside(shape)
+        box = self.fov.inside(shape)
+        if box is None or self.z_range is None:
+            return box
+        box[0] = [max(box[0][0], self.z_range[0]), min(box[0][1], self.z_range[1] + 1)]
+        return box if box[0][0] < box[0][1] else None
 
     def values(self, region: list[list[int]]) -> torch.Tensor:
         return upsample_region(self.probs.float(), self.fov, region)

@@ -145,7 +145,9 @@ def segment_class(model: Model, prepared: PreparedCase, prompt: ClassPrompt,
     source = "box" if prompt.box is not None else "clicks"
     how = (f"{source}, {len(prompt.order)} rounds, patch {effort.patch}, zoom {fov.zoom:.2f}, "
            f"{passes} pass{'es' * (passes > 1)}")
-    return ClassOutcome(PatchProbability.from_network(prompt.label, fov, probs), how, passes)
+    # the organisers' box spans exactly the object's slices: nothing of it lies outside them
+    z_range = (prompt.box.lo[0], prompt.box.hi[0]) if prompt.box is not None else None
+    return ClassOutcome(PatchProbability.from_network(prompt.label, fov, probs, z_range), how, passes)
 
 
 def keep_previous(prepared: PreparedCase, label: int) -> MaskProbability:

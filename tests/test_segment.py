@@ -371,6 +371,22 @@ def test_box_class_never_zooms_out(model, monkeypatch):
     assert outcome.probability.fov.zoom == 1.0
 
 
+def test_a_box_class_answers_nothing_outside_the_boxs_slices_clicks_do_not(model, monkeypatch):
+    monkeypatch.setattr(Model, "probability", lambda self, x: torch.ones((PATCH,) * 3) * 0.9)  # all foreground
+    box_prompt = ClassPrompt(1, box=Box((10, 10, 10), (14, 14, 14), 12))
+    click_prompt = ClassPrompt(2, fg=np.array([[20, 16, 16]]), order=("fg",))
+    case = make_case(prompts=[box_prompt, click_prompt])
+    prepared = prepare(case, model)
+    boxed = segment_class(model, prepared, box_prompt).probability
+    clicked = segment_class(model, prepared, click_prompt).probability
+    labels = fuse_classes(case.shape, [boxed])
+    z = np.nonzero(labels == 1)[0]
+    assert z.min() == 10 and z.max() == 14  # the patch reaches further, the box's slices do not
+    assert labels[:, 10:15].sum() > 0 and (labels == 1).sum() > 5 * 5 * 5
+    z = np.nonzero(fuse_classes(case.shape, [clicked]) == 2)[0]
+    assert z.min() < 20 - 5 and z.max() > 20 + 5
+
+
 @pytest.mark.parametrize("max_zoom,zooms", [(4, [1.0, 1.5, 2.25, 3.375, 4.0]), (2, [1.0, 1.5, 2.0])])
 def test_clicks_class_with_full_output_zooms_out_until_max_zoom(tmp_path, monkeypatch, max_zoom, zooms):
     model = tiny_model(tmp_path / "m", max_zoom=max_zoom)
