@@ -67,7 +67,7 @@ def run_protocol(image, labels, boxes: bool, model: str | None, workdir: Path, b
             segs = npz["segs"]
         dice = [2 * ((segs == c) & (labels == c)).sum() / max((segs == c).sum() + (labels == c).sum(), 1)
                 for c in range(1, n + 1)]
-        print(f"  call {call + 1}: {times[-1]:5.1f} s   (DSC {np.mean(dice):.3f}, random weights mean nothing)",
+        print(f"  call {call + 1}: {times[-1]:5.1f} s   (DSC {np.mean(dice):.3f} after this call)",
               flush=True)
     return times
 
