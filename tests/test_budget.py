@@ -72,12 +72,13 @@ def test_process_start_is_in_the_past():
 
 
 def test_effort_degrades_in_steps(default_model):
+    patch = default_model.spec.patch_size
     full = choose_effort(default_model, 100.0, 2.0, has_box=False)
-    assert full.patch == 128 and full.max_passes > 1
-    assert choose_effort(default_model, 3.0, 2.0, has_box=False) == Effort(128, max_passes=1)  # no AutoZoom
-    assert choose_effort(default_model, 1.0, 2.0, has_box=True) == Effort(64, max_passes=1)  # half patch
+    assert full.patch == patch and full.max_passes > 1
+    assert choose_effort(default_model, 3.0, 2.0, has_box=False) == Effort(patch, max_passes=1)  # no AutoZoom
+    assert choose_effort(default_model, 1.0, 2.0, has_box=True) == Effort(patch // 2, max_passes=1)  # half patch
     assert choose_effort(default_model, 0.1, 2.0, has_box=True) is None  # keep the previous prediction
-    assert choose_effort(default_model, 0.1, None, has_box=True).patch == 128  # nothing measured yet
+    assert choose_effort(default_model, 0.1, None, has_box=True).patch == patch  # nothing measured yet
 
 
 def three_class_case(tmp_path, **kwargs):
@@ -115,8 +116,9 @@ def test_out_of_memory_retries_at_half_patch(tmp_path, default_model, monkeypatc
 
     monkeypatch.setattr(Model, "probability", oom_once)
     predict_case(default_model, case)
-    assert sizes[:3] == [128, 64, 128]  # failed at 128, retried at 64, the next class back at 128
-    assert "retrying at 64" in capsys.readouterr().err
+    patch = default_model.spec.patch_size
+    assert sizes[:3] == [patch, patch // 2, patch]  # failed at full patch, retried at half, the next class back at full
+    assert f"retrying at {patch // 2}" in capsys.readouterr().err
 
 
 def test_more_than_255_classes_are_written_as_uint16():

@@ -97,7 +97,7 @@ def test_read_spec_accepts_default_model_json():
     assert isinstance(spec, ModelSpec)
     assert spec.folder == DEFAULT_MODEL
     assert spec.channels == ("image", "box", "fg_clicks", "bg_clicks", "prev_seg")
-    assert spec.patch_size == 128
+    assert spec.patch_size == 64
     assert spec.normalisation == "zscore_nonzero_bbox"
     assert spec.output == "sigmoid"
     assert spec.weights == "weights.pt"
