@@ -73,6 +73,14 @@ def ball_template(radius: float, style: str, dtype: type = np.float32) -> np.nda
     return dist / dist.max()
 
 
+def clipped_placement(lo: np.ndarray, size: int, shape: tuple[int, ...]) -> tuple[tuple[slice, ...], tuple[slice, ...]] | None:
+    """(template slices, volume slices) of a cube of side `size` whose first voxel is at `lo`, cut at the
+    volume's border; None if nothing of it lies inside."""
+    src = tuple(slice(max(-l, 0), size - max(l + size - n, 0)) for l, n in zip(lo, shape))
+    dst = tuple(slice(max(l, 0), min(l + size, n)) for l, n in zip(lo, shape))
+    return (src, dst) if all(s.stop > s.start for s in dst) else None
+
+
 def click_channel(points: np.ndarray, fov: FieldOfView, encoding: PromptEncoding) -> torch.Tensor:
     """Balls at the clicks (merged with max), cut at the patch border like a full-resolution ball would be."""
     channel = np.zeros((fov.patch,) * 3, dtype=np.float32)
@@ -81,10 +89,9 @@ def click_channel(points: np.ndarray, fov: FieldOfView, encoding: PromptEncoding
     template = ball_template(max(encoding.point_radius / fov.zoom, 1.0), encoding.points)
     r = template.shape[0] // 2
     for centre in np.rint(fov.to_patch(points)).astype(int):
-        lo = centre - r
-        src = tuple(slice(max(-l, 0), template.shape[0] - max(l + template.shape[0] - fov.patch, 0)) for l in lo)
-        dst = tuple(slice(max(l, 0), min(l + template.shape[0], fov.patch)) for l in lo)
-        if all(s.stop > s.start for s in dst):
+        placed = clipped_placement(centre - r, template.shape[0], channel.shape)
+        if placed is not None:
+            src, dst = placed
             np.maximum(channel[dst], template[src], out=channel[dst])
     return torch.from_numpy(channel)
 

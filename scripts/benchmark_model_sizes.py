@@ -11,15 +11,18 @@ one pass per call with a box (up to 5 AutoZoom passes without one).
 from __future__ import annotations
 
 import argparse
+import json
 import statistics
 import sys
+import tempfile
 import time
 from pathlib import Path
 
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from inference.model import build_network, read_spec, resenc_architecture  # noqa: E402
+from inference.model import create_random_model  # noqa: E402
+from training.train import DEFAULT_CONFIG, model_spec  # noqa: E402
 
 CANDIDATES = {
     "tiny 8..128, blocks 1,1,2,2,2": ([8, 16, 32, 64, 128], [1, 1, 2, 2, 2]),
@@ -28,14 +31,11 @@ CANDIDATES = {
 
 
 def network(features, blocks) -> torch.nn.Module:
-    import json
-    import tempfile
-
-    spec = {"architecture": resenc_architecture(features, blocks), "channels": ["image", "box", "fg_clicks", "bg_clicks", "prev_seg"],
-            "patch_size": 64, "normalisation": "zscore", "output": "sigmoid", "weights": "w.pt"}
+    """The default model's configuration (training/config.json) with another width and depth."""
+    config = json.loads(DEFAULT_CONFIG.read_text())
+    config["model"].update(features=features, blocks=blocks)
     with tempfile.TemporaryDirectory() as tmp:
-        (Path(tmp) / "model.json").write_text(json.dumps(spec))
-        return build_network(read_spec(tmp))
+        return create_random_model(tmp, model_spec(config))
 
 
 def timed(fn) -> float:

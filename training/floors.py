@@ -13,15 +13,15 @@ from pathlib import Path
 import numpy as np
 
 from inference.case_io import Case, read_case, write_segs
-from inference.fusion import fuse_classes
-from inference.prompts import ball_template
-from inference.segment import fallback
+from inference.predict import fallback_segs
+from inference.prompts import ball_template, clipped_placement
 
 BALL_RADIUS = 5.0
 
 
 def box_fill(case: Case) -> np.ndarray:
-    return fuse_classes(case.shape, [f for p in case.prompts for f in [fallback(None, p)] if f is not None])
+    """The container's own answer when the network cannot run: each class's box."""
+    return fallback_segs(case)
 
 
 def click_balls(case: Case) -> np.ndarray:
@@ -30,10 +30,10 @@ def click_balls(case: Case) -> np.ndarray:
     r = ball.shape[0] // 2
     for prompt in case.prompts:
         for centre in prompt.fg:
-            lo = np.asarray(centre) - r
-            src = tuple(slice(max(-l, 0), ball.shape[0] - max(l + ball.shape[0] - n, 0)) for l, n in zip(lo, case.shape))
-            dst = tuple(slice(max(l, 0), min(l + ball.shape[0], n)) for l, n in zip(lo, case.shape))
-            segs[dst][ball[src]] = prompt.label
+            placed = clipped_placement(np.asarray(centre) - r, ball.shape[0], case.shape)
+            if placed is not None:
+                src, dst = placed
+                segs[dst][ball[src]] = prompt.label
     return segs
 
 

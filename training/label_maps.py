@@ -71,7 +71,7 @@ def _rotation(rng: np.random.Generator) -> np.ndarray:
     return q * np.sign(np.diag(r))
 
 
-def _smooth_noise(rng: np.random.Generator, shape, sigma: float) -> np.ndarray:
+def smooth_noise(rng: np.random.Generator, shape, sigma: float) -> np.ndarray:
     """Zero-mean, unit-variance smooth random field (computed coarse, then upsampled)."""
     factor = max(1, int(sigma // 2))
     coarse = rng.normal(size=[max(2, -(-n // factor)) for n in shape]).astype(np.float32)
@@ -86,7 +86,7 @@ def blob(rng: np.random.Generator, shape) -> np.ndarray:
     radii = shape_arr * rng.uniform(0.1, 0.35, size=3)
     centre = rng.uniform(radii * 0.8, shape_arr - radii * 0.8)
     envelope = _ellipsoid(shape, centre, radii * 1.3, _rotation(rng))
-    noise = _smooth_noise(rng, shape, sigma=float(rng.uniform(3, 8)))
+    noise = smooth_noise(rng, shape, sigma=float(rng.uniform(3, 8)))
     dist = np.sqrt((((np.indices(shape).T - centre) / radii) ** 2).sum(-1)).T
     mask = envelope & (noise * rng.uniform(0.2, 0.6) + 1.0 - dist > 0)
     return _largest(mask)
@@ -181,7 +181,7 @@ def random_shapes(rng: np.random.Generator, shape: tuple[int, int, int]) -> np.n
     labels = np.zeros(shape, dtype=np.uint16)
     # background structure: a few smooth regions that are not targets but give the image texture and edges
     regions = int(rng.integers(1, 5))
-    noise = _smooth_noise(rng, shape, sigma=float(rng.uniform(6, 20)))
+    noise = smooth_noise(rng, shape, sigma=float(rng.uniform(6, 20)))
     edges = np.quantile(noise, np.sort(rng.uniform(0.1, 0.9, size=regions - 1))) if regions > 1 else []
     labels[:] = 101 + np.digitize(noise, edges).astype(np.uint16)
     label = 1

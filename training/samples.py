@@ -60,7 +60,9 @@ def draw_volume(rng: np.random.Generator, sources: LabelSources, recipe: Recipe)
             side = rng.integers(recipe.min_side, recipe.max_side + 1, size=3)
             labels, source = random_shapes(rng, tuple(int(s) for s in side)), "shapes"
         present = np.unique(labels)
-        present = present[(present > 0) & (present <= FIRST_TARGET_LABEL_ABOVE if source == "shapes" else present > 0)]
+        present = present[present > 0]
+        if source == "shapes":
+            present = present[present <= FIRST_TARGET_LABEL_ABOVE]
         if len(present) == 0:
             continue
         target = int(present[rng.integers(len(present))])

@@ -12,7 +12,7 @@ from batchgenerators.augmentations.utils import (create_zero_centered_coordinate
                                                  rotate_coords_3d, scale_coords)
 from scipy import ndimage
 
-from .label_maps import _smooth_noise
+from .label_maps import smooth_noise
 
 
 def render_image(labels: np.ndarray, rng: np.random.Generator) -> np.ndarray:
@@ -28,9 +28,9 @@ def render_image(labels: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     inverse = inverse.reshape(labels.shape)
     image = means[inverse] + stds[inverse] * rng.normal(size=labels.shape).astype(np.float32)
     if rng.random() < 0.5:  # texture
-        image += 0.05 * rng.uniform(0, 1) * _smooth_noise(rng, labels.shape, float(rng.uniform(1, 3)))
+        image += 0.05 * rng.uniform(0, 1) * smooth_noise(rng, labels.shape, float(rng.uniform(1, 3)))
     if rng.random() < 0.7:  # bias field
-        image *= np.exp(rng.uniform(0, 0.4) * _smooth_noise(rng, labels.shape, float(rng.uniform(15, 40))))
+        image *= np.exp(rng.uniform(0, 0.4) * smooth_noise(rng, labels.shape, float(rng.uniform(15, 40))))
     if rng.random() < 0.5:
         image = ndimage.gaussian_filter(image, rng.uniform(0.3, 1.5, size=3))
     image += rng.uniform(0, 0.06) * rng.normal(size=labels.shape).astype(np.float32)

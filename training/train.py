@@ -27,7 +27,7 @@ import torch
 
 from inference.fusion import apply_clicks, fuse_classes
 from inference.harness.simulated_user import simulate_click
-from inference.model import Model, build_network, load_state_dict, read_spec, resenc_architecture, save_model
+from inference.model import Model, create_random_model, load_state_dict, read_spec, resenc_architecture, save_model
 from inference.segment import Effort, prepare, segment_class
 
 from .label_maps import LabelSources
@@ -55,12 +55,9 @@ def model_spec(config: dict) -> dict:
 
 
 def build_model(config: dict, folder: Path) -> Model:
-    spec_dict = model_spec(config)
-    folder.mkdir(parents=True, exist_ok=True)
-    (folder / "model.json").write_text(json.dumps(spec_dict, indent=2) + "\n")
-    torch.manual_seed(config["seed"])
-    spec = read_spec(folder)
-    return Model(spec, build_network(spec), torch.device("cpu"))
+    """A freshly initialised model (seeded by the config), written as a model folder at `folder`."""
+    network = create_random_model(folder, model_spec(config), config["seed"])
+    return Model(read_spec(folder), network, torch.device("cpu"))
 
 
 @dataclass

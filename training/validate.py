@@ -69,8 +69,8 @@ def write_validation_cases(out: Path, data_dir: Path = DATA_DIR) -> list[Path]:
     rng = np.random.default_rng(SEED)
     written = []
     hammers = read_atlas(VALIDATION_ATLAS, data_dir)
-    crop = brain_crop(hammers > 0)
-    hammers = hammers[crop]
+    atlas_crop = brain_crop(hammers > 0)
+    hammers = hammers[atlas_crop]
     for i in range(3):
         targets = pick_regions(hammers, rng, CLASSES_PER_CASE)
         labels, spacing = hammers, (1.0, 1.0, 1.0)
@@ -84,19 +84,15 @@ def write_validation_cases(out: Path, data_dir: Path = DATA_DIR) -> list[Path]:
         written.append(write_case(out / f"CT_shapes_{i}.npz", {
             "imgs": render_image(labels, rng), "gts": relabel(labels, targets), "spacing": np.asarray((1.0, 1.0, 1.0))}))
     t1, tissue = mni_tissue(data_dir)
-    crop = brain_crop(t1 > 0)
+    mni_crop = brain_crop(t1 > 0)
     written.append(write_case(out / "MR_mniT1_0.npz", {
-        "imgs": t1[crop], "gts": relabel(tissue[crop], [1, 2]), "spacing": np.asarray((1.0, 1.0, 1.0))}))
-    template = cat12_template_on_atlas_grid(data_dir)[crop_of(read_atlas(VALIDATION_ATLAS, data_dir))]
+        "imgs": t1[mni_crop], "gts": relabel(tissue[mni_crop], [1, 2]), "spacing": np.asarray((1.0, 1.0, 1.0))}))
+    template = cat12_template_on_atlas_grid(data_dir)[atlas_crop]
     for i in range(2):
         targets = pick_regions(hammers, rng, CLASSES_PER_CASE)
         written.append(write_case(out / f"MR_cat12T1_{i}.npz", {
             "imgs": template, "gts": relabel(hammers, targets), "spacing": np.asarray((1.0, 1.0, 1.0))}))
     return written
-
-
-def crop_of(labels: np.ndarray) -> tuple[slice, ...]:
-    return brain_crop(labels > 0)
 
 
 # ----------------------------------------------------------------------------- running
