@@ -1,5 +1,3 @@
-import sys
+from .predict import finish, main
 
-from .predict import main
-
-sys.exit(main())
+finish(main())

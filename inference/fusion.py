@@ -149,12 +149,12 @@ def fuse_classes(shape: tuple[int, int, int], classes: list[ClassProbability]) -
             lo, hi = max(zr[0], z0), min(zr[1], z1)
             p = cls.values([[lo, hi], yr, xr])
             window = (slice(lo - z0, hi - z0), slice(yr[0] - y0, yr[1] - y0), slice(xr[0] - x0, xr[1] - x0))
-            log_bg[window] += torch.log1p(-p.clamp(max=1.0))
-            better = p > best_p[window]
-            best_p[window] = torch.where(better, p, best_p[window])
-            best_label[window] = torch.where(better, torch.tensor(cls.label, dtype=torch_labels), best_label[window])
-        wins = best_p > torch.exp(log_bg)
-        out[z0:z1, y0:y1, x0:x1] = torch.where(wins, best_label, torch.zeros_like(best_label)).numpy()
+            log_bg[window] += p.clamp(max=1.0).neg_().log1p_()
+            best = best_p[window]  # views: updated in place, no slab-sized temporaries
+            better = p > best
+            torch.maximum(best, p, out=best)
+            best_label[window].masked_fill_(better, cls.label)
+        out[z0:z1, y0:y1, x0:x1] = best_label.masked_fill_(best_p <= log_bg.exp_(), 0).numpy()
     return out
 
 

@@ -17,6 +17,7 @@ from pathlib import Path
 import torch
 
 from . import nninteractive_layout
+from .openvino_forward import BACKENDS, Forward, compile_forward, current_ir
 from .normalisation import METHODS
 from .prompts import LOGICAL_CHANNELS, PromptEncoding
 
@@ -115,6 +116,7 @@ class Model:
     spec: ModelSpec
     network: torch.nn.Module
     device: torch.device
+    cpu_forward: Forward | None = None  # OpenVINO's, when the folder has a current IR (openvino_forward.py)
 
     @property
     def divisor(self) -> int:
@@ -140,6 +142,8 @@ class Model:
                 else torch.bfloat16
             with torch.autocast("cuda", dtype=dtype):
                 logits = self.network(x)[0].float()
+        elif self.cpu_forward is not None:
+            logits = self.cpu_forward(x)[0]
         else:
             logits = self.network(x)[0]
         fg = logits[0] if self.spec.output == "sigmoid" else logits[1] - logits[0]
@@ -225,19 +229,42 @@ def save_model(folder: str | os.PathLike, spec: dict, network: torch.nn.Module) 
     (folder / SPEC_FILE).write_text(json.dumps(spec, indent=2) + "\n")
 
 
+def _cpu_forward(spec: ModelSpec, backend: str) -> Forward | None:
+    if backend == "torch":
+        return None
+    ir = current_ir(spec.folder, spec.folder / spec.weights)
+    if ir is None:
+        if backend == "openvino":
+            raise FileNotFoundError(f"{spec.folder}: no OpenVINO IR made from these weights "
+                                    f"(python -m inference.openvino_forward {spec.folder})")
+        return None
+    try:
+        return compile_forward(ir, torch.get_num_threads())
+    except ImportError:
+        if backend == "openvino":
+            raise
+        return None
+
+
 def pick_device() -> torch.device:
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
 def load_model(folder: str | os.PathLike, device: torch.device | None = None,
-               patch_size: int | None = None, box_mode: str | None = None) -> Model:
-    """Build and load a model folder; `patch_size` / `box_mode` override its spec (e.g. a smaller patch on the CPU)."""
+               patch_size: int | None = None, box_mode: str | None = None, backend: str = "torch") -> Model:
+    """Build and load a model folder; `patch_size` / `box_mode` override its spec (e.g. a smaller patch on the CPU).
+
+    `backend` runs the forward pass on the CPU: "torch"; "openvino" (the folder's IR, an error if it has
+    none or it is stale); "auto" (OpenVINO when the IR is current and the package installed, else torch).
+    """
+    if backend not in BACKENDS:
+        raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
     spec = read_spec(folder, patch_size, box_mode)
     device = device or pick_device()
     network = build_network(spec)
     network.load_state_dict(load_state_dict(spec.folder / spec.weights))
     network.eval().to(device)
-    model = Model(spec, network, device)
+    model = Model(spec, network, device, _cpu_forward(spec, backend) if device.type == "cpu" else None)
     if spec.patch_size % model.divisor:
         raise ValueError(f"patch size {spec.patch_size} is not a multiple of the network's downsampling {model.divisor}")
     return model

@@ -27,14 +27,27 @@ def intensity_stats(image: np.ndarray, method: str) -> tuple[float, float]:
 
 
 def _nonzero_slices(image: np.ndarray) -> tuple[slice, ...]:
+    return nonzero_block(image) or tuple(slice(None) for _ in range(image.ndim))
+
+
+def nonzero_block(image: np.ndarray) -> tuple[slice, ...] | None:
+    """The bounding box of the nonzero voxels as slices, or None if there are none.
+
+    From max (and, for signed values, min) projections: two fast passes, no full-size temporary.
+    """
+    signed = image.dtype.kind in "if"
+    flat = image.max(axis=0) != 0  # (y, x)
+    if signed:
+        flat |= image.min(axis=0) != 0
+    if not flat.any():
+        return None
+    z = image.max(axis=(1, 2)) != 0
+    if signed:
+        z |= image.min(axis=(1, 2)) != 0
     slices = []
-    for axis in range(image.ndim):
-        other = tuple(a for a in range(image.ndim) if a != axis)
-        # projections need no full-size temporary, unlike `image != 0`
-        profile = np.nonzero((image.max(axis=other) != 0) | (image.min(axis=other) != 0))[0]
-        if len(profile) == 0:
-            return tuple(slice(None) for _ in range(image.ndim))
-        slices.append(slice(profile[0], profile[-1] + 1))
+    for profile in (z, flat.any(axis=1), flat.any(axis=0)):
+        where = np.flatnonzero(profile)
+        slices.append(slice(int(where[0]), int(where[-1]) + 1))
     return tuple(slices)
 
 
@@ -50,11 +63,12 @@ def _torch_mean_std(image: np.ndarray, region: tuple[slice, ...]) -> tuple[float
 
 
 def _mean_std(region: np.ndarray) -> tuple[float, float]:
-    if region.dtype == np.uint8:  # exact, and slab by slab: bincount casts to int64 (8x the slab)
+    if region.dtype == np.uint8:  # exact, from the histogram; torch's bincount takes uint8 as it is (5x numpy's)
         counts = np.zeros(256, dtype=np.float64)
         step = max(1, SLAB_VOXELS // max(region[0].size, 1))
         for z in range(0, region.shape[0], step):
-            counts += np.bincount(region[z:z + step].reshape(-1), minlength=256)
+            slab = torch.from_numpy(np.ascontiguousarray(region[z:z + step])).reshape(-1)
+            counts += torch.bincount(slab, minlength=256).numpy()
         values = np.arange(256, dtype=np.float64)
         n = counts.sum()
         mean = (counts * values).sum() / n

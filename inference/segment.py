@@ -14,13 +14,14 @@ from .field_of_view import Bounds, FieldOfView, fit, points_bounds, sample_area,
 from .fusion import ClassProbability, MaskProbability, PatchProbability
 from .model import Model
 from .nninteractive_view import BORDER_ABSOLUTE, BORDER_MINIMUM, BORDER_RELATIVE, ZOOM_OUT_STEP
-from .normalisation import intensity_stats
+from .normalisation import intensity_stats, nonzero_block
 from .prompts import box_bounds, prompt_channels, stack_channels
 
 # nnInteractive's AutoZoom thresholds (voxels on a 192^2 face) as fractions of a face.
 BORDER_CHANGED_FRACTION = BORDER_ABSOLUTE / 192**2
 BORDER_MIN_FRACTION = BORDER_MINIMUM / 192**2
 BORDER_RELATIVE_CHANGE = BORDER_RELATIVE
+FIND_OBJECTS_VOXELS = 1 << 25
 
 
 @dataclass(frozen=True)
@@ -55,24 +56,29 @@ def prepare(case: Case, model: Model) -> PreparedCase:
 
 
 def label_bounds(labels: np.ndarray | None) -> dict[int, Bounds]:
-    """Closed bounds of every nonzero label, in one pass over the volume."""
-    if labels is None or not labels.any():
+    """Closed bounds of every nonzero label: the labelled block from projections, then one pass over it."""
+    block = nonzero_block(labels) if labels is not None else None
+    if block is None:
         return {}
-    try:
-        stats = cc3d.statistics(labels, no_slice_conversion=True)
-    except ValueError:  # cc3d refuses label values above the voxel count (tiny volumes)
-        return {int(v): _bounds_of(labels == v) for v in np.unique(labels) if v != 0}
-    bounds = {}
-    for label, (count, bb) in enumerate(zip(stats["voxel_counts"], stats["bounding_boxes"])):
-        if label > 0 and count > 0:
-            z0, z1, y0, y1, x0, x1 = (int(v) for v in bb)
-            bounds[label] = ((z0, y0, x0), (z1, y1, x1))
-    return bounds
+    start = np.array([b.start for b in block])
+    return {label: (tuple(int(v) for v in lo + start), tuple(int(v) for v in hi + start))
+            for label, (lo, hi) in _block_bounds(labels[block]).items()}
 
 
-def _bounds_of(mask: np.ndarray) -> Bounds:
-    idx = np.nonzero(mask)
-    return tuple(int(i.min()) for i in idx), tuple(int(i.max()) for i in idx)
+def _block_bounds(labels: np.ndarray) -> dict[int, tuple[np.ndarray, np.ndarray]]:
+    # scipy's find_objects is 3x faster than cc3d's statistics but costs 0.2 s to import: used on large blocks
+    if labels.size <= FIND_OBJECTS_VOXELS:
+        try:
+            stats = cc3d.statistics(labels, no_slice_conversion=True)
+            return {label: (np.array(bb[0::2]), np.array(bb[1::2]))
+                    for label, (count, bb) in enumerate(zip(stats["voxel_counts"], stats["bounding_boxes"]))
+                    if label > 0 and count > 0}
+        except ValueError:  # cc3d refuses label values above the voxel count (tiny volumes)
+            pass
+    from scipy import ndimage
+
+    return {label: (np.array([w.start for w in where]), np.array([w.stop - 1 for w in where]))
+            for label, where in enumerate(ndimage.find_objects(labels), start=1) if where is not None}
 
 
 def prompt_bounds(prepared: PreparedCase, prompt: ClassPrompt) -> Bounds | None:
