@@ -114,7 +114,7 @@ def _resolve_configuration(configurations: dict, name: str) -> dict:
 @dataclass
 class Model:
     spec: ModelSpec
-    network: torch.nn.Module
+    network: torch.nn.Module | None  # None when `cpu_forward` runs the network
     device: torch.device
     cpu_forward: Forward | None = None  # OpenVINO's, when the folder has a current IR (openvino_forward.py)
 
@@ -261,10 +261,13 @@ def load_model(folder: str | os.PathLike, device: torch.device | None = None,
         raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
     spec = read_spec(folder, patch_size, box_mode)
     device = device or pick_device()
-    network = build_network(spec)
-    network.load_state_dict(load_state_dict(spec.folder / spec.weights))
-    network.eval().to(device)
-    model = Model(spec, network, device, _cpu_forward(spec, backend) if device.type == "cpu" else None)
+    cpu_forward = _cpu_forward(spec, backend) if device.type == "cpu" else None
+    network = None
+    if cpu_forward is None:  # the IR holds the weights: building the torch network too would cost ~0.1 s a call
+        network = build_network(spec)
+        network.load_state_dict(load_state_dict(spec.folder / spec.weights))
+        network.eval().to(device)
+    model = Model(spec, network, device, cpu_forward)
     if spec.patch_size % model.divisor:
         raise ValueError(f"patch size {spec.patch_size} is not a multiple of the network's downsampling {model.divisor}")
     return model

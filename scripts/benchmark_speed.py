@@ -68,6 +68,7 @@ class StageClock:
 
     def __init__(self) -> None:
         self.seconds: dict[str, float] = {}
+        self.calls: dict[str, int] = {}
         self._stack: list[list] = []  # [stage, start, time spent in nested stages]
 
     def wrap(self, function, stage: str):
@@ -79,6 +80,7 @@ class StageClock:
                 name, start, nested = self._stack.pop()
                 spent = time.perf_counter() - start
                 self.seconds[name] = self.seconds.get(name, 0.0) + spent - nested
+                self.calls[name] = self.calls.get(name, 0) + 1
                 if self._stack:
                     self._stack[-1][2] += spent
         return timed
@@ -109,6 +111,7 @@ def child(code: str, args: list[str]) -> None:
     body = time.perf_counter() - t1
     seconds = {"imports": imports, **clock.seconds}
     seconds["other"] = body - sum(v for k, v in clock.seconds.items())
+    seconds["forward passes"] = clock.calls.get("forward", 0)
     print(json.dumps({"started": STARTED, "finished": time.time(), "exit_code": code, "seconds": seconds}), flush=True)
     if hasattr(predict, "finish"):  # end as `python -m inference` ends
         predict.finish(code)
@@ -117,20 +120,18 @@ def child(code: str, args: list[str]) -> None:
 # ----------------------------------------------------------------------------- the parent: cases and the table
 
 
-def write_calls(name: str, folder: Path) -> dict[str, Path]:
-    """The `box` call's input now; the `click` call's is written after the box call answered (see click_call)."""
-    sys.path.insert(0, str(REPO))
+def write_box_call(name: str, folder: Path) -> Path:
+    """The first call's input folder (boxes only); the labels are kept for the click call."""
+    import numpy as np
+
     from inference.synthetic_cases import case_arrays, grid_volume, write_case
 
     shape, classes = CASES[name]
     image, labels = grid_volume(shape, classes, seed=0)
-    box = folder / name / "box" / "in"
-    write_case(box / f"{name}.npz", case_arrays(image, labels, boxes=True, keep_gts=False))
-    np_save = folder / name / "labels.npy"
-    import numpy as np
-
-    np.save(np_save, labels)
-    return {"box": box}
+    inputs = folder / name / "box" / "in"
+    write_case(inputs / f"{name}.npz", case_arrays(image, labels, boxes=True, keep_gts=False))
+    np.save(folder / name / "labels.npy", labels)
+    return inputs
 
 
 def click_call(name: str, folder: Path, previous: Path) -> Path:
@@ -181,6 +182,9 @@ def print_table(columns: dict[str, dict]) -> None:
     for stage in (*STAGE_ORDER, "total"):
         row = [columns[n].get(stage, 0.0) for n in names]
         print(f"{stage:20s}" + "".join(f"{v:>{width + 2}.2f}" for v in row))
+    print(f"{'forward passes':20s}" + "".join(f"{columns[n].get('forward passes', 0):>{width + 2}d}" for n in names))
+    print(f"{'s per pass':20s}" + "".join(
+        f"{columns[n].get('forward', 0.0) / max(columns[n].get('forward passes', 0), 1):>{width + 2}.3f}" for n in names))
 
 
 def main() -> None:
@@ -199,6 +203,7 @@ def main() -> None:
     parser.add_argument("--json", type=Path, default=None, help="also write every figure here")
     parser.add_argument("--keep", type=Path, default=None, help="write the cases and answers here (else a temporary folder)")
     args = parser.parse_args()
+    sys.path.insert(0, str(REPO))
     import torch
 
     print(f"{os.cpu_count()} cores ({len(os.sched_getaffinity(0))} usable), torch {torch.__version__}, "
@@ -209,7 +214,7 @@ def main() -> None:
         for name in args.cases:
             shape, classes = CASES[name]
             t0 = time.perf_counter()
-            calls = write_calls(name, folder)
+            box_inputs = write_box_call(name, folder)
             print(f"\n{name}: {'x'.join(map(str, shape))}, {classes} class(es) (cases written in "
                   f"{time.perf_counter() - t0:.0f} s)", flush=True)
             columns = {}
@@ -226,7 +231,7 @@ def main() -> None:
                     if call == "click" and call not in args.calls:
                         continue
                     # a click round answers the box call: the box call always runs before it
-                    inputs = click_call(name, folder, answer / f"{name}.npz") if call == "click" else calls["box"]
+                    inputs = click_call(name, folder, answer / f"{name}.npz") if call == "click" else box_inputs
                     seconds = time_call(code, inputs, answer, extra, env)
                     if call in args.calls:
                         columns[f"{tag} {call}"] = seconds

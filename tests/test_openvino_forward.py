@@ -11,31 +11,20 @@ import pytest
 import torch
 
 import inference
-from inference.model import create_random_model, load_model, resenc_architecture
+from inference.model import create_random_model, load_model
 from inference.openvino_forward import IR_FOLDER, SOURCE_FILE, current_ir, export
 from inference.predict import main
+from hostile_cases import tiny_model_spec
 
 pytest.importorskip("openvino")
 
 DEFAULT_MODEL = Path(inference.__file__).resolve().parent.parent / "model_weights" / "default"
 
 
-def small_spec() -> dict:
-    return {
-        "architecture": resenc_architecture([4, 8, 16], [1, 1, 1]),
-        "channels": ["image", "box", "fg_clicks", "bg_clicks", "prev_seg"],
-        "patch_size": 16,
-        "normalisation": "zscore_nonzero_bbox",
-        "prompts": {"box": "slab", "points": "binary", "point_radius": 4},
-        "output": "sigmoid",
-        "weights": "weights.pt",
-    }
-
-
 @pytest.fixture(scope="module")
 def exported(tmp_path_factory) -> Path:
     folder = tmp_path_factory.mktemp("ov_model")
-    create_random_model(folder, small_spec(), seed=3)
+    create_random_model(folder, tiny_model_spec(), seed=3)
     model = load_model(folder, torch.device("cpu"))
     export(model.network, 5, 16, folder, folder / "weights.pt")
     return folder
@@ -58,7 +47,7 @@ def test_openvino_margin_matches_torch(exported, patch):
 def test_an_ir_of_other_weights_is_never_used(exported, tmp_path):
     folder = tmp_path / "retrained"
     shutil.copytree(exported, folder)
-    create_random_model(folder, small_spec(), seed=4)  # new weights, the old IR still there
+    create_random_model(folder, tiny_model_spec(), seed=4)  # new weights, the old IR still there
     assert (folder / IR_FOLDER / "model.xml").is_file()
     assert current_ir(folder, folder / "weights.pt") is None
     assert load_model(folder, torch.device("cpu"), backend="auto").cpu_forward is None
