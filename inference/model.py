@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -240,9 +241,10 @@ def _cpu_forward(spec: ModelSpec, backend: str) -> Forward | None:
         return None
     try:
         return compile_forward(ir, torch.get_num_threads())
-    except ImportError:
+    except Exception as exc:  # not installed, or this CPU/IR refused: torch does the work instead
         if backend == "openvino":
             raise
+        print(f"OpenVINO unavailable ({type(exc).__name__}: {exc}); using torch", file=sys.stderr)
         return None
 
 

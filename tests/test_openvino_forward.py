@@ -83,3 +83,14 @@ def test_predict_with_openvino_answers_like_torch(tmp_path):
     for name, reference in answers["torch"].items():
         assert reference.any(), f"{name}: an empty answer proves nothing"
         assert np.mean(answers["openvino"][name] != reference) < 1e-3, name
+
+
+def test_an_ir_openvino_cannot_read_falls_back_to_torch(exported, tmp_path, capsys):
+    folder = tmp_path / "corrupt"
+    shutil.copytree(exported, folder)
+    (folder / IR_FOLDER / "model.xml").write_text("<net>not an IR</net>")  # digest still matches the weights
+    model = load_model(folder, torch.device("cpu"), backend="auto")
+    assert model.cpu_forward is None and model.network is not None
+    assert "OpenVINO unavailable" in capsys.readouterr().err
+    with pytest.raises(Exception):
+        load_model(folder, torch.device("cpu"), backend="openvino")
