@@ -85,6 +85,27 @@ def points_bounds(points: np.ndarray) -> Bounds | None:
     return tuple(int(v) for v in points.min(axis=0)), tuple(int(v) for v in points.max(axis=0))
 
 
+def nonzero_block(image: np.ndarray) -> tuple[slice, ...] | None:
+    """The bounding box of the nonzero voxels as slices, or None if there are none.
+
+    From max (and, for signed values, min) projections: two fast passes, no full-size temporary.
+    """
+    may_be_negative = image.dtype.kind in "if"
+    flat = image.max(axis=0) != 0  # (y, x)
+    if may_be_negative:
+        flat |= image.min(axis=0) != 0
+    if not flat.any():
+        return None
+    z = image.max(axis=(1, 2)) != 0
+    if may_be_negative:
+        z |= image.min(axis=(1, 2)) != 0
+    slices = []
+    for profile in (z, flat.any(axis=1), flat.any(axis=0)):
+        where = np.flatnonzero(profile)
+        slices.append(slice(int(where[0]), int(where[-1]) + 1))
+    return tuple(slices)
+
+
 def _linear_taps(n_in: int, n_out: int, out_idx: np.ndarray):
     """torch's linear (align_corners=False) source rows and weights for output rows `out_idx`."""
     src = np.maximum((out_idx + 0.5) * (n_in / n_out) - 0.5, 0.0)

@@ -4,6 +4,8 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from .field_of_view import nonzero_block
+
 # zscore_nonzero_bbox_torch: the same statistics as nnInteractive's session computes them (float32 torch
 # mean and unbiased std), so that the image channel matches it bit for bit
 METHODS = ("zscore_nonzero_bbox", "zscore_nonzero_bbox_torch", "zscore", "unit")
@@ -28,27 +30,6 @@ def intensity_stats(image: np.ndarray, method: str) -> tuple[float, float]:
 
 def _nonzero_slices(image: np.ndarray) -> tuple[slice, ...]:
     return nonzero_block(image) or tuple(slice(None) for _ in range(image.ndim))
-
-
-def nonzero_block(image: np.ndarray) -> tuple[slice, ...] | None:
-    """The bounding box of the nonzero voxels as slices, or None if there are none.
-
-    From max (and, for signed values, min) projections: two fast passes, no full-size temporary.
-    """
-    signed = image.dtype.kind in "if"
-    flat = image.max(axis=0) != 0  # (y, x)
-    if signed:
-        flat |= image.min(axis=0) != 0
-    if not flat.any():
-        return None
-    z = image.max(axis=(1, 2)) != 0
-    if signed:
-        z |= image.min(axis=(1, 2)) != 0
-    slices = []
-    for profile in (z, flat.any(axis=1), flat.any(axis=0)):
-        where = np.flatnonzero(profile)
-        slices.append(slice(int(where[0]), int(where[-1]) + 1))
-    return tuple(slices)
 
 
 def _torch_mean_std(image: np.ndarray, region: tuple[slice, ...]) -> tuple[float, float]:

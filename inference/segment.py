@@ -10,11 +10,11 @@ import numpy as np
 import torch
 
 from .case_io import Case, ClassPrompt
-from .field_of_view import Bounds, FieldOfView, fit, points_bounds, sample_area, sample_linear, union
+from .field_of_view import Bounds, FieldOfView, fit, nonzero_block, points_bounds, sample_area, sample_linear, union
 from .fusion import ClassProbability, MaskProbability, PatchProbability
 from .model import Model
 from .nninteractive_view import BORDER_ABSOLUTE, BORDER_MINIMUM, BORDER_RELATIVE, ZOOM_OUT_STEP
-from .normalisation import intensity_stats, nonzero_block
+from .normalisation import intensity_stats
 from .prompts import box_bounds, prompt_channels, stack_channels
 
 # nnInteractive's AutoZoom thresholds (voxels on a 192^2 face) as fractions of a face.

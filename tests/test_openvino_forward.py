@@ -10,16 +10,12 @@ import numpy as np
 import pytest
 import torch
 
-import inference
 from inference.model import create_random_model, load_model
 from inference.openvino_forward import IR_FOLDER, SOURCE_FILE, current_ir, export
-from inference.predict import main
+from inference.predict import DEFAULT_MODEL, main
 from hostile_cases import tiny_model_spec
 
 pytest.importorskip("openvino")
-
-DEFAULT_MODEL = Path(inference.__file__).resolve().parent.parent / "model_weights" / "default"
-
 
 @pytest.fixture(scope="module")
 def exported(tmp_path_factory) -> Path:

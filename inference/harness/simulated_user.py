@@ -17,6 +17,8 @@ import cc3d
 import edt
 import numpy as np
 
+from ..field_of_view import nonzero_block
+
 TIE_BREAK_SEED = 42
 
 
@@ -24,16 +26,6 @@ TIE_BREAK_SEED = 42
 class Click:
     kind: str  # "fg" or "bg"
     voxel: tuple[int, int, int]
-
-
-def _bounds(mask: np.ndarray) -> tuple[slice, ...] | None:
-    slices = []
-    for axis in range(3):
-        profile = np.nonzero(mask.any(axis=tuple(a for a in range(3) if a != axis)))[0]
-        if len(profile) == 0:
-            return None
-        slices.append(slice(int(profile[0]), int(profile[-1]) + 1))
-    return tuple(slices)
 
 
 def largest_error_component(error: np.ndarray) -> np.ndarray:
@@ -46,7 +38,7 @@ def largest_error_component(error: np.ndarray) -> np.ndarray:
 
 def deepest_voxel(component: np.ndarray) -> tuple[int, int, int]:
     """The component voxel farthest from its border, as the evaluator picks it."""
-    box = _bounds(component)
+    box = nonzero_block(component)
     crop = component[box]
     pad = np.maximum((np.asarray(crop.shape) * 0.25).astype(int), 1)
     padded = np.pad(crop, [(p, p) for p in pad]).astype(np.uint8)
@@ -61,7 +53,7 @@ def deepest_voxel(component: np.ndarray) -> tuple[int, int, int]:
 
 def simulate_click(prediction: np.ndarray, truth: np.ndarray) -> Click | None:
     """The next click for one class given binary prediction and truth masks, or None if they agree."""
-    box = _bounds(prediction | truth)
+    box = nonzero_block(prediction | truth)
     if box is None:
         return None
     error = prediction[box] != truth[box]
