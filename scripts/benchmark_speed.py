@@ -6,8 +6,8 @@
 Cases (synthetic, one ellipsoid per class in noise, written compressed like challenge files):
   mr     MR 25x256x256, 1 class        ct15   CT 300x512x512, 15 classes
   ct1000 CT 1000x512x512, 5 classes    c100   180x220x180, 100 classes
-Calls: `box` is the first call (boxes only); `click` is a later round (previous prediction + one
-foreground click per class). Each call is a fresh process running the container's entry point
+Calls: `box` is the first call (boxes only); `click` is the next round (the box call's answer as the
+previous prediction, plus the harness's simulated click per class). Each call is a fresh process running the container's entry point
 (`python -m inference`, as `predict.sh` does, with `--no-budget` so that the full work is timed;
 `--budget` keeps the budget, for models that cannot do the full work in time, e.g. ResEnc-L on a CPU).
 `--code A B` compares checkouts (e.g. `git worktree add /tmp/before COMMIT`) in one run.
@@ -135,10 +135,10 @@ def write_box_call(name: str, folder: Path) -> Path:
 
 
 def click_call(name: str, folder: Path, previous: Path) -> Path:
-    """A later round: the boxes, the previous answer, and one fg click per class at its deepest voxel."""
+    """A later round: the boxes, the previous answer, and the simulated user's click per class on its errors."""
     import numpy as np
-    from scipy import ndimage
 
+    from inference.harness.simulated_user import simulate_round
     from inference.synthetic_cases import write_case
 
     labels = np.load(folder / name / "labels.npy")
@@ -147,11 +147,12 @@ def click_call(name: str, folder: Path, previous: Path) -> Path:
     with np.load(folder / name / "box" / "in" / f"{name}.npz", allow_pickle=True) as npz:
         arrays = {k: npz[k] for k in ("imgs", "spacing", "boxes")}
     clicks, order = [], []
-    for label, where in enumerate(ndimage.find_objects(labels), start=1):
-        mask = labels[where] == label
-        inner = np.unravel_index(np.argmax(ndimage.distance_transform_cdt(mask)), mask.shape)
-        clicks.append({"fg": [[int(i + s.start) for i, s in zip(inner, where)]], "bg": []})
-        order.append(["fg"])
+    for click in simulate_round(prev, labels, list(range(1, int(labels.max()) + 1))):
+        entry = {"fg": [], "bg": []}
+        if click is not None:
+            entry[click.kind].append(list(click.voxel))
+        clicks.append(entry)
+        order.append([None if click is None else click.kind])
     arrays.update(prev_pred=prev, clicks=np.array(clicks, dtype=object),
                   clicks_order=np.array(order + [None], dtype=object)[:-1])
     inputs = folder / name / "click" / "in"
@@ -171,7 +172,6 @@ def time_call(code: Path, inputs: Path, outputs: Path, extra: list[str], env: di
     seconds = report["seconds"]
     seconds["process start/exit"] = (report["started"] - spawned) + (ended - report["finished"])
     seconds["total"] = ended - spawned
-    seconds["log"] = result.stderr
     return seconds
 
 
@@ -238,7 +238,7 @@ def main() -> None:
                         print(f"  {tag} {call}: {seconds['total']:.1f} s (a sixth of the case's budget: "
                               f"{90.0 * classes / 6:.0f} s)", flush=True)
             print_table(columns)
-            results[name] = {k: {s: v for s, v in c.items() if s != "log"} for k, c in columns.items()}
+            results[name] = columns
     if args.json:
         args.json.write_text(json.dumps(results, indent=2) + "\n")
 

@@ -27,20 +27,19 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from inference.case_io import Box, Case, ClassPrompt  # noqa: E402
+from inference.case_io import Box, Case, ClassPrompt, box_from_dict  # noqa: E402
 from inference.fusion import fuse_classes  # noqa: E402
+from inference.harness.boxes import organiser_box  # noqa: E402
 from inference.model import load_model  # noqa: E402
 from inference.segment import Effort, prepare, segment_class  # noqa: E402
 from inference.synthetic_cases import grid_volume  # noqa: E402
 
 
-def interactions(labels: np.ndarray) -> tuple[Box, list[tuple[str, tuple[int, int, int]]]]:
-    """The object's box (middle slice) and two clicks: inside it, and just outside it."""
-    idx = np.nonzero(labels)
-    lo, hi = tuple(int(i.min()) for i in idx), tuple(int(i.max()) for i in idx)
-    box = Box(lo=lo, hi=hi, z_mid=(lo[0] + hi[0]) // 2)
-    centre = tuple((a + b) // 2 for a, b in zip(lo, hi))
-    outside = (centre[0], centre[1], min(hi[2] + 2, labels.shape[2] - 1))
+def interactions(mask: np.ndarray) -> tuple[Box, list[tuple[str, tuple[int, int, int]]]]:
+    """The organisers' box of the object and two clicks: at the box's centre, and just outside it."""
+    box = box_from_dict(organiser_box(mask), mask.shape)
+    centre = tuple((a + b) // 2 for a, b in zip(box.lo, box.hi))
+    outside = (centre[0], centre[1], min(box.hi[2] + 2, mask.shape[2] - 1))
     return box, [("fg", centre), ("bg", outside)]
 
 
