@@ -171,6 +171,41 @@ def test_learning_rate_warms_up_then_decays_to_the_floor():
     assert lrs[-1] == pytest.approx(1e-4)
 
 
+def test_a_time_planned_run_decays_with_training_minutes_not_steps():
+    opt = {"lr": 1e-3, "warmup_steps": 10, "total_steps": 10**6, "total_minutes": 20.0, "final_lr_fraction": 0.1}
+    assert learning_rate(500, opt, minutes=0.0) == pytest.approx(1e-3)
+    assert learning_rate(500, opt, minutes=10.0) == pytest.approx(0.55e-3)
+    assert learning_rate(11, opt, minutes=20.0) == learning_rate(500, opt, minutes=30.0) == pytest.approx(1e-4)
+
+
+def test_a_run_planned_in_minutes_stops_there_and_resumes_from_the_minutes_it_trained(tmp_path):
+    config = tiny_config()
+    config["optimiser"].update(total_steps=10**6, total_minutes=1e-9)
+    assert train(tmp_path / "run", config, False, None, None, SHAPES_ONLY) == 1
+    state = torch.load(tmp_path / "run" / "checkpoint.pt", weights_only=False)
+    assert state["minutes"] > 0
+    assert train(tmp_path / "run", config, True, None, None, SHAPES_ONLY) == 1  # nothing left to train
+
+
+def test_worker_processes_feed_training_and_prompt_with_the_published_weights(tmp_path):
+    config = tiny_config()
+    config["sync_steps"] = 1
+    assert train(tmp_path / "run", config, False, None, 3, SHAPES_ONLY, workers=2) == 3
+    rows = (tmp_path / "run" / "log.csv").read_text().strip().splitlines()
+    assert len(rows) == 4
+    published = torch.load(tmp_path / "run" / "prompting_weights.pt", weights_only=True)
+    trained = torch.load(tmp_path / "run" / "checkpoint.pt", weights_only=False)["network"]
+    assert all(torch.equal(published[k], trained[k]) for k in trained)
+
+
+def test_a_failing_feed_worker_stops_training_with_its_error(tmp_path):
+    config = tiny_config()
+    config["data"].update(p_atlas=1.0, p_tissue=0.0)
+    no_targets = LabelSources(atlases=[np.zeros((24, 24, 24), dtype=np.uint16)])
+    with pytest.raises(RuntimeError, match="feed worker failed.*no usable target"):
+        train(tmp_path / "run", config, False, None, 2, no_targets, workers=1)
+
+
 def test_training_runs_checkpoints_and_resumes_to_the_same_weights(tmp_path):
     config = tiny_config()
     straight = tmp_path / "straight"

@@ -13,10 +13,11 @@ import torch
 
 from inference.case_io import Case, ClassPrompt, box_from_dict
 from inference.field_of_view import FieldOfView, fit, sample_area
+from inference.fusion import apply_clicks, fuse_classes
 from inference.harness.boxes import organiser_box
 from inference.harness.simulated_user import Click, simulate_click
 from inference.model import Model
-from inference.segment import network_input, prepare, prompt_bounds
+from inference.segment import Effort, network_input, prepare, prompt_bounds, segment_class
 
 from .label_maps import LabelSources, random_shapes
 from .synthesis import crop_around, render_image, reorient, rotate_and_scale, thick_slices
@@ -114,3 +115,51 @@ def patch_target(truth: np.ndarray, fov: FieldOfView) -> torch.Tensor:
     lo = [int(w.min()) for w in where]
     hi = [int(w.max()) + 1 for w in where]
     return sample_area(truth[lo[0]:hi[0], lo[1]:hi[1], lo[2]:hi[2]], tuple(lo), fov).clamp_(0, 1)  # cumsum rounding
+
+
+@dataclass
+class Sample:
+    """One network input with its soft target, and how it was prompted."""
+
+    x: torch.Tensor  # (C, P, P, P)
+    target: torch.Tensor  # (P, P, P)
+    no_box: bool
+    rounds: int
+
+
+def prompted_sample(model: Model, volume: TrainingVolume, rng: np.random.Generator, prompting: dict) -> Sample:
+    """Dynamic prompt generation: clicks sampled from the model's own errors, as the evaluator places them."""
+    no_box = bool(rng.random() < prompting["p_no_box"])
+    prompt = first_prompt(volume, rng, with_box=not no_box)
+    prev, rounds = None, 0
+    if rng.random() >= prompting["p_single_pass"]:
+        weights = np.asarray(prompting["click_round_weights"], dtype=np.float64)
+        wanted = int(rng.choice(prompting["click_rounds"], p=weights / weights.sum()))
+        was_training = model.network.training
+        model.network.eval()
+        for _ in range(wanted):
+            prepared = prepare(as_case(volume, prompt, prev), model)
+            # one pass per round (no AutoZoom): the hardened prediction is only a prompt here
+            outcome = segment_class(model, prepared, prompt, Effort(model.spec.patch_size, max_passes=1))
+            classes = [outcome.probability] if outcome.probability is not None else []
+            prev = apply_clicks(fuse_classes(volume.truth.shape, classes), [prompt])
+            click = simulate_click(prev == LABEL, volume.truth)
+            if click is None:
+                break
+            prompt = add_click(prompt, click)
+            rounds += 1
+        model.network.train(was_training)
+    x, target = training_pair(model, volume, prompt, prev)
+    return Sample(x, target, no_box, rounds)
+
+
+def sample_rng(seed: int, step: int, index: int) -> np.random.Generator:
+    """The random stream of one sample: the same (seed, step, index) draws the same volume and prompts."""
+    return np.random.default_rng([seed, step, index])
+
+
+def draw_sample(model: Model, sources: LabelSources, recipe: Recipe, prompting: dict,
+                seed: int, step: int, index: int) -> Sample:
+    """Sample `index` of training step `step`: a fresh volume, prompted against `model`'s own errors."""
+    rng = sample_rng(seed, step, index)
+    return prompted_sample(model, draw_volume(rng, sources, recipe), rng, prompting)

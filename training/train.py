@@ -1,14 +1,16 @@
 """Train an interactive model with dynamic prompt generation, resumable.
 
     .venv/bin/python -m training.train RUN_DIR [--config training/config.json] [--resume] [--minutes M] [--steps N]
+                                               [--device auto|cpu|cuda] [--workers W]
 
-Each step draws `batch_size` synthetic volumes (deterministic in (seed, step)). Per sample:
+Each step draws `batch_size` synthetic volumes (deterministic in (seed, step, index)). Per sample:
 the first prompt is the organisers' box, or (no-box samples) the evaluator's first click.
 With probability `p_single_pass` the loss is on that single pass. Otherwise the model
 predicts without gradient through the container's own `segment_class`, the harness's
 simulated user adds a click at its largest error, up to `click_rounds` times, and the
 loss (soft Dice + BCE) is on the final pass, which sees the clicks and the hardened
-previous prediction. Checkpoints (weights, optimiser, step, RNG state) go to
+previous prediction. On a GPU, `--workers` processes draw the samples (training/feed.py).
+Checkpoints (weights, optimiser, step, RNG state) go to
 RUN_DIR/checkpoint.pt every few minutes, with a loadable model folder in RUN_DIR/model/.
 """
 from __future__ import annotations
@@ -25,14 +27,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from inference.fusion import apply_clicks, fuse_classes
-from inference.harness.simulated_user import simulate_click
-from inference.model import Model, create_random_model, load_state_dict, read_spec, resenc_architecture, save_model
-from inference.segment import Effort, prepare, segment_class
+from inference.model import Model, create_random_model, load_state_dict, pick_device, read_spec, resenc_architecture, save_model
 
+from .feed import InProcessFeed, WorkerFeed
 from .label_maps import LabelSources
 from .record import plot_loss
-from .samples import LABEL, Recipe, TrainingVolume, add_click, as_case, draw_volume, first_prompt, training_pair
+from .samples import Recipe
 
 DEFAULT_CONFIG = Path(__file__).resolve().parent / "config.json"
 LOG_FIELDS = ["step", "loss", "dice", "bce", "lr", "seconds", "no_box", "rounds"]
@@ -60,39 +60,6 @@ def build_model(config: dict, folder: Path) -> Model:
     return Model(read_spec(folder), network, torch.device("cpu"))
 
 
-@dataclass
-class Sample:
-    x: torch.Tensor
-    target: torch.Tensor
-    no_box: bool
-    rounds: int
-
-
-def prompted_sample(model: Model, volume: TrainingVolume, rng: np.random.Generator, prompting: dict) -> Sample:
-    """Dynamic prompt generation: clicks sampled from the model's own errors, as the evaluator places them."""
-    no_box = bool(rng.random() < prompting["p_no_box"])
-    prompt = first_prompt(volume, rng, with_box=not no_box)
-    prev, rounds = None, 0
-    if rng.random() >= prompting["p_single_pass"]:
-        weights = np.asarray(prompting["click_round_weights"], dtype=np.float64)
-        wanted = int(rng.choice(prompting["click_rounds"], p=weights / weights.sum()))
-        model.network.eval()
-        for _ in range(wanted):
-            prepared = prepare(as_case(volume, prompt, prev), model)
-            # one pass per round (no AutoZoom): the hardened prediction is only a prompt here
-            outcome = segment_class(model, prepared, prompt, Effort(model.spec.patch_size, max_passes=1))
-            classes = [outcome.probability] if outcome.probability is not None else []
-            prev = apply_clicks(fuse_classes(volume.truth.shape, classes), [prompt])
-            click = simulate_click(prev == LABEL, volume.truth)
-            if click is None:
-                break
-            prompt = add_click(prompt, click)
-            rounds += 1
-        model.network.train()
-    x, target = training_pair(model, volume, prompt, prev)
-    return Sample(x, target, no_box, rounds)
-
-
 def loss_terms(logits: torch.Tensor, target: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """(soft Dice loss, BCE) per batch, on sigmoid outputs against area-fraction targets."""
     probs = torch.sigmoid(logits)
@@ -102,19 +69,23 @@ def loss_terms(logits: torch.Tensor, target: torch.Tensor) -> tuple[torch.Tensor
     return dice.mean(), bce
 
 
-def learning_rate(step: int, opt: dict) -> float:
-    """Linear warm-up, then cosine decay to `final_lr_fraction` of the peak at `total_steps`."""
+def learning_rate(step: int, opt: dict, minutes: float = 0.0) -> float:
+    """Linear warm-up, then cosine decay to `final_lr_fraction` of the peak at `total_steps`, or at
+    `total_minutes` of training when the config plans the run by time (a GPU lease is counted in minutes)."""
     if step < opt["warmup_steps"]:
         return opt["lr"] * (step + 1) / opt["warmup_steps"]
-    t = min(1.0, (step - opt["warmup_steps"]) / max(opt["total_steps"] - opt["warmup_steps"], 1))
+    if "total_minutes" in opt:
+        t = min(1.0, minutes / opt["total_minutes"])
+    else:
+        t = min(1.0, (step - opt["warmup_steps"]) / max(opt["total_steps"] - opt["warmup_steps"], 1))
     floor = opt["final_lr_fraction"]
     return opt["lr"] * (floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * t)))
 
 
-def save_checkpoint(run_dir: Path, model: Model, optimiser, step: int, config: dict) -> None:
-    """Atomically: weights, optimiser, step and RNG state, plus a model folder usable by the container."""
+def save_checkpoint(run_dir: Path, model: Model, optimiser, step: int, minutes: float, config: dict) -> None:
+    """Atomically: weights, optimiser, step, training minutes and RNG state, plus a model folder usable by the container."""
     state = {"network": model.network.state_dict(), "optimiser": optimiser.state_dict(), "step": step,
-             "config": config, "torch_rng": torch.get_rng_state()}
+             "minutes": minutes, "config": config, "torch_rng": torch.get_rng_state()}
     tmp = run_dir / "checkpoint.pt.tmp"
     torch.save(state, tmp)
     os.replace(tmp, run_dir / "checkpoint.pt")
@@ -164,23 +135,28 @@ def fitting_threads(most: int, others: float) -> int:
 
 
 def train(run_dir: Path, config: dict, resume: bool, minutes: float | None, steps: int | None,
-          sources: LabelSources | None = None, init_from: Path | None = None) -> int:
-    """Run until `steps` total steps or `minutes` of wall time; returns the step reached.
+          sources: LabelSources | None = None, init_from: Path | None = None,
+          device: torch.device | None = None, workers: int = 0) -> int:
+    """Run until `steps` total steps, the config's `total_minutes` of training, or `minutes` of wall time
+    in this call; returns the step reached.
 
     `init_from` starts a new run from a model folder's weights (e.g. the shipped default model),
-    which is how training goes on in a later session without the git-ignored checkpoint."""
+    which is how training goes on in a later session without the git-ignored checkpoint.
+    `workers` > 0 draws samples in that many processes (`feed.WorkerFeed`); on a GPU the
+    forward passes run in bfloat16 autocast."""
     run_dir.mkdir(parents=True, exist_ok=True)
+    device = device or torch.device("cpu")
     torch.set_num_threads(config["threads"])
     model = build_model(config, run_dir / "model")
     opt = config["optimiser"]
     optimiser = torch.optim.AdamW(model.network.parameters(), lr=opt["lr"], weight_decay=opt["weight_decay"])
-    step = 0
+    step, trained_minutes = 0, 0.0
     if resume and (run_dir / "checkpoint.pt").exists():
         state = torch.load(run_dir / "checkpoint.pt", map_location="cpu", weights_only=False)
         model.network.load_state_dict(state["network"])
         optimiser.load_state_dict(state["optimiser"])
         torch.set_rng_state(state["torch_rng"])
-        step = state["step"]
+        step, trained_minutes = state["step"], state.get("minutes", 0.0)
         drop_log_rows_after(run_dir / "log.csv", step)
         print(f"resumed at step {step}", flush=True)
     else:
@@ -188,50 +164,66 @@ def train(run_dir: Path, config: dict, resume: bool, minutes: float | None, step
             model.network.load_state_dict(load_state_dict(init_from / read_spec(init_from).weights))
             print(f"initialised from {init_from}", flush=True)
         (run_dir / "config.json").write_text(json.dumps(config, indent=2) + "\n")
+    model.network.to(device)
+    model.device = device
+    optimiser.load_state_dict(optimiser.state_dict())  # moves a resumed optimiser's state to the device
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = True  # one patch size throughout
     sources = sources if sources is not None else LabelSources.load()
     recipe = Recipe(**{k: tuple(v) if isinstance(v, list) else v for k, v in config["data"].items()})
+    feed = (WorkerFeed(model, sources, recipe, config["prompting"], config["seed"], workers, config["batch_size"],
+                       step, run_dir) if workers > 0
+            else InProcessFeed(model, sources, recipe, config["prompting"], config["seed"]))
     end_step = steps if steps is not None else opt["total_steps"]
+    end_minutes = opt.get("total_minutes", math.inf)
     deadline = time.monotonic() + minutes * 60 if minutes else math.inf
     last_save = time.monotonic()
     log_path = run_dir / "log.csv"
     new_log = not log_path.exists()
-    with open(log_path, "a", newline="") as log_file:
-        log = csv.DictWriter(log_file, fieldnames=LOG_FIELDS)
-        if new_log:
-            log.writeheader()
-        model.network.train()
-        cpu = CpuShare.now()
-        while step < end_step and time.monotonic() < deadline:
-            t0 = time.monotonic()
-            cpu, last_cpu = CpuShare.now(), cpu
-            torch.set_num_threads(fitting_threads(config["threads"], cpu.others_since(last_cpu)))
-            rng = np.random.default_rng([config["seed"], step])
-            samples = [prompted_sample(model, draw_volume(rng, sources, recipe), rng, config["prompting"])
-                       for _ in range(config["batch_size"])]
-            x = torch.stack([s.x for s in samples])
-            target = torch.stack([s.target for s in samples])[:, None]
-            for group in optimiser.param_groups:
-                group["lr"] = learning_rate(step, opt)
-            logits = model.network(x)
-            dice, bce = loss_terms(logits, target)
-            loss = dice + bce
-            optimiser.zero_grad(set_to_none=True)
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(model.network.parameters(), opt["grad_clip"])
-            optimiser.step()
-            step += 1
-            log.writerow({"step": step, "loss": f"{loss.item():.4f}", "dice": f"{dice.item():.4f}",
-                          "bce": f"{bce.item():.4f}", "lr": f"{optimiser.param_groups[0]['lr']:.2e}",
-                          "seconds": f"{time.monotonic() - t0:.2f}",
-                          "no_box": sum(s.no_box for s in samples), "rounds": sum(s.rounds for s in samples)})
-            if step % config["log_every"] == 0:
-                log_file.flush()
-                print(f"step {step} loss {loss.item():.3f} (dice {dice.item():.3f}, bce {bce.item():.3f}) "
-                      f"{time.monotonic() - t0:.1f} s/step, {torch.get_num_threads()} threads", flush=True)
-            if time.monotonic() - last_save > config["checkpoint_minutes"] * 60:
-                save_checkpoint(run_dir, model, optimiser, step, config)
-                last_save = time.monotonic()
-    save_checkpoint(run_dir, model, optimiser, step, config)
+    try:
+        with open(log_path, "a", newline="") as log_file:
+            log = csv.DictWriter(log_file, fieldnames=LOG_FIELDS)
+            if new_log:
+                log.writeheader()
+            model.network.train()
+            cpu = CpuShare.now()
+            while step < end_step and trained_minutes < end_minutes and time.monotonic() < deadline:
+                t0 = time.monotonic()
+                if device.type == "cpu":
+                    cpu, last_cpu = CpuShare.now(), cpu
+                    torch.set_num_threads(fitting_threads(config["threads"], cpu.others_since(last_cpu)))
+                samples = feed.batch(step, config["batch_size"])
+                x = torch.stack([s.x for s in samples]).to(device, non_blocking=True)
+                target = torch.stack([s.target for s in samples])[:, None].to(device, non_blocking=True)
+                for group in optimiser.param_groups:
+                    group["lr"] = learning_rate(step, opt, trained_minutes)
+                with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
+                    logits = model.network(x)
+                dice, bce = loss_terms(logits.float(), target)
+                loss = dice + bce
+                optimiser.zero_grad(set_to_none=True)
+                loss.backward()
+                torch.nn.utils.clip_grad_norm_(model.network.parameters(), opt["grad_clip"])
+                optimiser.step()
+                step += 1
+                if step % config.get("sync_steps", 1) == 0:
+                    feed.publish(model.network)
+                seconds = time.monotonic() - t0
+                trained_minutes += seconds / 60
+                log.writerow({"step": step, "loss": f"{loss.item():.4f}", "dice": f"{dice.item():.4f}",
+                              "bce": f"{bce.item():.4f}", "lr": f"{optimiser.param_groups[0]['lr']:.2e}",
+                              "seconds": f"{seconds:.2f}",
+                              "no_box": sum(s.no_box for s in samples), "rounds": sum(s.rounds for s in samples)})
+                if step % config["log_every"] == 0:
+                    log_file.flush()
+                    print(f"step {step} loss {loss.item():.3f} (dice {dice.item():.3f}, bce {bce.item():.3f}) "
+                          f"{seconds:.2f} s/step, {trained_minutes:.1f} min", flush=True)
+                if time.monotonic() - last_save > config["checkpoint_minutes"] * 60:
+                    save_checkpoint(run_dir, model, optimiser, step, trained_minutes, config)
+                    last_save = time.monotonic()
+    finally:
+        feed.close()
+    save_checkpoint(run_dir, model, optimiser, step, trained_minutes, config)
     return step
 
 
@@ -243,11 +235,17 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--minutes", type=float, help="stop (with a checkpoint) after this much wall time")
     parser.add_argument("--steps", type=int, help="stop at this total step (default: the config's total_steps)")
     parser.add_argument("--init-from", type=Path, help="start a new run from this model folder's weights")
+    parser.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto",
+                        help="where the network trains (auto: the GPU when there is one)")
+    parser.add_argument("--workers", type=int, default=0,
+                        help="processes that draw samples (0: in this process, the right choice on 2 cores)")
     args = parser.parse_args(argv)
     config = json.loads(((args.run_dir / "config.json") if args.resume and (args.run_dir / "config.json").exists()
                          else args.config).read_text())
     t0 = time.monotonic()
-    step = train(args.run_dir, config, args.resume, args.minutes, args.steps, init_from=args.init_from)
+    device = pick_device() if args.device == "auto" else torch.device(args.device)
+    step = train(args.run_dir, config, args.resume, args.minutes, args.steps, init_from=args.init_from,
+                 device=device, workers=args.workers)
     print(f"stopped at step {step} after {(time.monotonic() - t0) / 60:.1f} min", flush=True)
 
 

@@ -1,0 +1,117 @@
+"""Where a training step's samples come from: drawn in the training process, or by worker processes.
+
+On a 2-core machine the network step dominates and samples are drawn in process (`InProcessFeed`).
+On a GPU machine the step takes milliseconds and drawing samples (synthesis, the prompting passes,
+the simulated user) is the work: `WorkerFeed` spreads it over processes, each prompting with its own
+copy of the network that the trainer republishes every few steps. Their clicks then come from the
+errors of weights at most `sync_steps` steps old, and the batch order depends on which worker is
+done first, so a worker-fed run is not bit-for-bit repeatable (an in-process run is).
+"""
+from __future__ import annotations
+
+import multiprocessing
+import os
+import queue
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from inference.model import Model, build_network, read_spec
+
+from .label_maps import LabelSources
+from .samples import Recipe, Sample, draw_sample
+
+RESULT_TIMEOUT_S = 600  # a worker that produces nothing for this long is broken, not slow
+
+
+class InProcessFeed:
+    """Samples drawn here, prompted with the network being trained."""
+
+    def __init__(self, model: Model, sources: LabelSources, recipe: Recipe, prompting: dict, seed: int):
+        self.model, self.sources, self.recipe, self.prompting, self.seed = model, sources, recipe, prompting, seed
+
+    def batch(self, step: int, size: int) -> list[Sample]:
+        return [draw_sample(self.model, self.sources, self.recipe, self.prompting, self.seed, step, i)
+                for i in range(size)]
+
+    def publish(self, network: torch.nn.Module) -> None:
+        """Nothing to do: the prompting network is the trained one."""
+
+    def close(self) -> None:
+        pass
+
+
+class WorkerFeed:
+    """Samples drawn by `workers` spawned processes, a few steps ahead of the trainer."""
+
+    def __init__(self, model: Model, sources: LabelSources, recipe: Recipe, prompting: dict, seed: int,
+                 workers: int, batch_size: int, first_step: int, scratch: Path, steps_ahead: int = 3):
+        context = multiprocessing.get_context("spawn")  # CUDA cannot be used in forked children
+        self.tasks, self.results = context.Queue(), context.Queue()
+        self.version = context.Value("i", 0)
+        self.weights = scratch / "prompting_weights.pt"
+        self.batch_size, self.next_step = batch_size, first_step
+        self.publish(model.network)
+        for _ in range(steps_ahead):
+            self._queue_step()
+        args = (str(model.spec.folder), str(model.device), str(self.weights), self.version, self.tasks,
+                self.results, sources, recipe, prompting, seed)
+        self.processes = [context.Process(target=_work, args=args, daemon=True) for _ in range(workers)]
+        for process in self.processes:
+            process.start()
+
+    def _queue_step(self) -> None:
+        for index in range(self.batch_size):
+            self.tasks.put((self.next_step, index))
+        self.next_step += 1
+
+    def batch(self, step: int, size: int) -> list[Sample]:
+        """The next `size` finished samples (whichever steps they were drawn for)."""
+        self._queue_step()
+        samples = []
+        while len(samples) < size:
+            try:
+                item = self.results.get(timeout=RESULT_TIMEOUT_S)
+            except queue.Empty:
+                raise RuntimeError(f"no training sample for {RESULT_TIMEOUT_S} s: the feed's workers are stuck") from None
+            if isinstance(item, str):
+                raise RuntimeError(f"a feed worker failed: {item}")
+            x, target, no_box, rounds = item
+            samples.append(Sample(torch.from_numpy(x), torch.from_numpy(target), no_box, rounds))
+        return samples
+
+    def publish(self, network: torch.nn.Module) -> None:
+        """Hand the current weights to the workers (atomically; they reload before their next sample)."""
+        state = {k: v.detach().to("cpu", copy=True) for k, v in network.state_dict().items()}
+        tmp = self.weights.with_suffix(".tmp")
+        torch.save(state, tmp)
+        os.replace(tmp, self.weights)
+        with self.version.get_lock():
+            self.version.value += 1
+
+    def close(self) -> None:
+        for process in self.processes:
+            process.terminate()
+        for process in self.processes:
+            process.join(timeout=10)
+
+
+def _work(model_folder: str, device: str, weights: str, version, tasks, results, sources: LabelSources,
+          recipe: Recipe, prompting: dict, seed: int) -> None:
+    torch.set_num_threads(1)  # one process per core
+    device = torch.device(device)
+    spec = read_spec(model_folder)
+    model = Model(spec, build_network(spec).to(device).eval(), device)
+    seen = -1
+    while True:
+        step, index = tasks.get()
+        try:
+            if version.value != seen:
+                seen = version.value
+                model.network.load_state_dict(torch.load(weights, map_location=device, weights_only=True))
+            sample = draw_sample(model, sources, recipe, prompting, seed, step, index)
+            results.put((np.ascontiguousarray(sample.x.numpy()), np.ascontiguousarray(sample.target.numpy()),
+                         sample.no_box, sample.rounds))
+        except Exception as exc:  # reported to the trainer, which stops: a broken sampler must not go unseen
+            results.put(f"step {step} sample {index}: {type(exc).__name__}: {exc}")
