@@ -156,18 +156,15 @@ class Model:
 
 
 def build_network(spec: ModelSpec) -> torch.nn.Module:
+    return network_from_architecture(spec.architecture, len(spec.channels), OUTPUT_HEADS[spec.output])
+
+
+def network_from_architecture(arch: dict, inputs: int, outputs: int) -> torch.nn.Module:
+    """A freshly initialised network from a plans "architecture" block (nnunetv2 resolves the class names)."""
     from nnunetv2.utilities.get_network_from_plans import get_network_from_plans
 
-    arch = spec.architecture
-    return get_network_from_plans(
-        arch["network_class_name"],
-        arch["arch_kwargs"],
-        arch["_kw_requires_import"],
-        len(spec.channels),
-        OUTPUT_HEADS[spec.output],
-        allow_init=True,
-        deep_supervision=False,
-    )
+    return get_network_from_plans(arch["network_class_name"], arch["arch_kwargs"], arch["_kw_requires_import"],
+                                  inputs, outputs, allow_init=True, deep_supervision=False)
 
 
 def load_state_dict(path: Path) -> dict:

@@ -18,20 +18,12 @@ import torch
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
-from inference.model import resenc_architecture  # noqa: E402
+from inference.model import network_from_architecture, resenc_architecture  # noqa: E402
 
 NETWORKS = {  # name: (features, blocks per stage, input channels, output channels, patch)
     "ResEnc-L (nnInteractive v1.0)": ([32, 64, 128, 256, 320, 320], [1, 3, 4, 6, 6, 6], 8, 2, 192),
     "13.5 M (features 16..192)": ([16, 32, 64, 128, 192, 192], [1, 2, 2, 2, 2, 2], 5, 1, 96),
 }
-
-
-def network(features: list[int], blocks: list[int], inputs: int, outputs: int) -> torch.nn.Module:
-    from dynamic_network_architectures.architectures.unet import ResidualEncoderUNet
-
-    kwargs = resenc_architecture(features, blocks)["arch_kwargs"]
-    kwargs.update(conv_op=torch.nn.Conv3d, norm_op=torch.nn.InstanceNorm3d, nonlin=torch.nn.LeakyReLU)
-    return ResidualEncoderUNet(inputs, num_classes=outputs, deep_supervision=False, **kwargs)
 
 
 def seconds_per_forward(net: torch.nn.Module, shape: tuple[int, ...], dtype: torch.dtype, repeats: int = 20) -> float:
@@ -55,7 +47,7 @@ def main(argv: list[str]) -> int:
     torch.backends.cudnn.benchmark = True
     print(torch.cuda.get_device_name(), "torch", torch.__version__, flush=True)
     for name, (features, blocks, inputs, outputs, patch) in NETWORKS.items():
-        net = network(features, blocks, inputs, outputs).cuda().eval()
+        net = network_from_architecture(resenc_architecture(features, blocks), inputs, outputs).cuda().eval()
         for dtype in (torch.float16, torch.bfloat16):
             ms = 1000 * seconds_per_forward(net, (1, inputs, patch, patch, patch), dtype)
             print(f"{name} {patch}^3 {dtype}: {ms:.1f} ms/forward", flush=True)

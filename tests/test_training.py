@@ -15,11 +15,11 @@ from inference.model import load_model
 from inference.predict import predict_case
 from inference.synthetic_cases import make_volume
 from training import floors
+from training.feed import InProcessFeed, WorkerFeed
 from training.label_maps import SHAPE_KINDS, LabelSources, blob, nuclei, random_shapes, shell, tube
 from training.samples import (LABEL, MIN_TARGET_VOXELS, Recipe, TrainingVolume, add_click, draw_volume,
                               first_prompt, patch_target, training_pair)
 from training.synthesis import render_image, rotate_and_scale, thick_slices
-from training.feed import InProcessFeed, WorkerFeed
 from training.train import DEFAULT_CONFIG, build_model, learning_rate, loss_terms, model_spec, train
 
 SHAPES_ONLY = LabelSources()
@@ -202,7 +202,7 @@ def test_worker_processes_feed_training_and_prompt_with_the_published_weights(tm
 def test_worker_samples_match_the_in_process_ones_to_half_precision(tmp_path):
     config = tiny_config()
     model = build_model(config, tmp_path / "model")
-    recipe = Recipe(**{k: tuple(v) if isinstance(v, list) else v for k, v in config["data"].items()})
+    recipe = Recipe.from_config(config["data"])
     prompting = dict(config["prompting"], p_single_pass=1.0)  # no prompting passes: the sample depends on the seed only
     here = InProcessFeed(model, SHAPES_ONLY, recipe, prompting, 3).batch(0, 2)
     feed = WorkerFeed(model, SHAPES_ONLY, recipe, prompting, 3, workers=1, batch_size=2, first_step=0, scratch=tmp_path)

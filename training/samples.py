@@ -40,6 +40,11 @@ class Recipe:
     max_angle: float = 0.5  # radians
     scale_range: tuple[float, float] = (0.75, 1.3)
 
+    @classmethod
+    def from_config(cls, data: dict) -> "Recipe":
+        """The recipe of a config's "data" block (JSON lists become tuples)."""
+        return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in data.items()})
+
 
 @dataclass
 class TrainingVolume:

@@ -10,7 +10,7 @@ predicts without gradient through the container's own `segment_class`, the harne
 simulated user adds a click at its largest error, up to `click_rounds` times, and the
 loss (soft Dice + BCE) is on the final pass, which sees the clicks and the hardened
 previous prediction. On a GPU, `--workers` processes draw the samples (training/feed.py).
-Checkpoints (weights, optimiser, step, RNG state) go to
+Checkpoints (weights, optimiser, step, training minutes, RNG state) go to
 RUN_DIR/checkpoint.pt every few minutes, with a loadable model folder in RUN_DIR/model/.
 """
 from __future__ import annotations
@@ -24,7 +24,6 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
 import torch
 
 from inference.model import Model, create_random_model, load_state_dict, pick_device, read_spec, resenc_architecture, save_model
@@ -170,7 +169,7 @@ def train(run_dir: Path, config: dict, resume: bool, minutes: float | None, step
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True  # one patch size throughout
     sources = sources if sources is not None else LabelSources.load()
-    recipe = Recipe(**{k: tuple(v) if isinstance(v, list) else v for k, v in config["data"].items()})
+    recipe = Recipe.from_config(config["data"])
     feed = (WorkerFeed(model, sources, recipe, config["prompting"], config["seed"], workers, config["batch_size"],
                        step, run_dir) if workers > 0
             else InProcessFeed(model, sources, recipe, config["prompting"], config["seed"]))
