@@ -89,38 +89,43 @@ def write_answer(path: Path, case: Case, segs: np.ndarray) -> None:
     write_segs(path, segs.reshape(getattr(case, "file_shape", case.shape)))
 
 
+def smaller_patch(model: Model, patch: int) -> int | None:
+    """The patch to fall back to: about half of `patch`, rounded down to what the network divides by."""
+    smaller = patch // 2 // model.divisor * model.divisor
+    return smaller if smaller >= model.divisor else None
+
+
 def choose_effort(model: Model, left: float, pass_seconds: float | None, has_box: bool) -> Effort | None:
-    """Degrade in steps: full (with AutoZoom), one pass, one pass at half patch, nothing."""
+    """Degrade in steps: full (with AutoZoom), one pass, one pass at a smaller patch, nothing."""
     patch = model.spec.patch_size
     if pass_seconds is None or left >= pass_seconds * (1 if has_box else 2):
         return Effort(patch, stop_zooming_at=time.monotonic() + left)
     if left >= pass_seconds:
         return Effort(patch, max_passes=1)
-    half = patch // 2
-    if left >= pass_seconds / 6 and half % model.divisor == 0:
-        return Effort(half, max_passes=1)
+    smaller = smaller_patch(model, patch)
+    if left >= pass_seconds / 6 and smaller is not None:
+        return Effort(smaller, max_passes=1)
     return None
 
 
 def segment_with_retries(model: Model, prepared: PreparedCase, prompt, effort: Effort):
-    """A CUDA out-of-memory error retries at half patch, then on the CPU."""
+    """A CUDA out-of-memory error retries at a smaller patch, then on the CPU."""
     try:
         return segment_class(model, prepared, prompt, effort)
     except torch.OutOfMemoryError:
         if model.device.type == "cuda":
             torch.cuda.empty_cache()
-        half = effort.patch // 2
-        if half % model.divisor == 0 and half >= model.divisor:
-            log(f"[{prepared.case.name}] out of memory at patch {effort.patch}: retrying at {half}")
+        smaller = smaller_patch(model, effort.patch)
+        if smaller is not None:
+            log(f"[{prepared.case.name}] out of memory at patch {effort.patch}: retrying at {smaller}")
             try:
-                return segment_class(model, prepared, prompt, Effort(half, max_passes=1))
+                return segment_class(model, prepared, prompt, Effort(smaller, max_passes=1))
             except torch.OutOfMemoryError:
                 pass
         if model.device.type != "cpu":
             log(f"[{prepared.case.name}] out of memory again: moving the model to the CPU")
             model.to_cpu()
-            return segment_class(model, prepared, prompt, Effort(half if half % model.divisor == 0 else effort.patch,
-                                                                   max_passes=1))
+            return segment_class(model, prepared, prompt, Effort(smaller or effort.patch, max_passes=1))
         raise
 
 

@@ -97,13 +97,13 @@ def test_read_spec_accepts_default_model_json():
     assert isinstance(spec, ModelSpec)
     assert spec.folder == DEFAULT_MODEL
     assert spec.channels == ("image", "box", "fg_clicks", "bg_clicks", "prev_seg")
-    assert spec.patch_size == 64
+    assert spec.patch_size == 96
     assert spec.normalisation == "zscore_nonzero_bbox"
     assert spec.output == "sigmoid"
     assert spec.weights == "weights.pt"
     assert spec.max_zoom == 4.0
     assert spec.prompts == PromptEncoding(box="slab", points="binary", point_radius=4)
-    assert spec.architecture["arch_kwargs"]["features_per_stage"] == [8, 16, 32, 64, 128]
+    assert spec.architecture["arch_kwargs"]["features_per_stage"] == [16, 32, 64, 128, 192, 192]
 
 
 def test_read_spec_cubic_patch_list_and_defaults(tmp_path):

@@ -60,7 +60,7 @@ def test_a_broken_source_record_means_no_ir(exported, tmp_path):
 
 def test_the_shipped_default_model_carries_a_current_ir():
     ir = current_ir(DEFAULT_MODEL, DEFAULT_MODEL / "weights.pt")
-    assert ir is not None, "re-export after changing the weights: python -m inference.openvino_forward model_weights/default"
+    assert ir is not None, "export it: sh scripts/setup.sh (or python -m inference.openvino_forward model_weights/default)"
     source = json.loads((DEFAULT_MODEL / IR_FOLDER / SOURCE_FILE).read_text())
     assert source["weights"] == "weights.pt"
 

@@ -55,5 +55,5 @@ def test_requirements_pin_every_package():
 def test_default_model_is_small_and_loads_without_download(default_model):
     folder = REPO / "model_weights" / "default"
     assert sum(f.stat().st_size for f in folder.iterdir()) < 50 * 2**20
-    assert default_model.spec.patch_size == 64  # what it was trained at (training/config.json)
+    assert default_model.spec.patch_size == 96  # what it was trained at (training/config.json)
     assert next(default_model.network.parameters()).dtype == torch.float32

@@ -17,8 +17,8 @@ from inference.synthetic_cases import make_volume
 from training import floors
 from training.feed import InProcessFeed, WorkerFeed
 from training.label_maps import SHAPE_KINDS, LabelSources, blob, nuclei, random_shapes, shell, tube
-from training.samples import (LABEL, MIN_TARGET_VOXELS, Recipe, TrainingVolume, add_click, draw_volume,
-                              first_prompt, patch_target, training_pair)
+from training.samples import (LABEL, MIN_TARGET_VOXELS, Recipe, TrainingVolume, add_click, corrupted_previous,
+                              draw_volume, first_prompt, patch_target, prompted_sample, training_pair)
 from training.synthesis import render_image, rotate_and_scale, thick_slices
 from training.train import DEFAULT_CONFIG, build_model, learning_rate, loss_terms, model_spec, train
 
@@ -139,6 +139,47 @@ def test_training_pair_uses_the_containers_channels_and_a_target_in_the_patch(tm
     assert 0 <= target.min() and target.max() <= 1 and target.sum() > 0
     # the target lies inside the box: the box slab covers the whole object
     assert float((target * (1 - box)).sum()) < 1e-3 * float(target.sum()) + 1e-6
+
+
+def two_structure_volume() -> TrainingVolume:
+    """Label 1 (the target, a slab) touching label 2 (a larger slab beside it)."""
+    labels = np.zeros((24, 40, 40), dtype=np.uint16)
+    labels[6:18, 8:20, 8:32] = 1
+    labels[6:18, 20:34, 8:32] = 2
+    image = np.where(labels == 1, 200, np.where(labels == 2, 120, 30)).astype(np.uint8)
+    return TrainingVolume(image, labels == 1, (1.0, 1.0, 1.0), "test", labels)
+
+
+def test_corrupted_previous_segmentations_leak_into_neighbours_swell_or_shrink():
+    volume = two_structure_volume()
+    truth, neighbour = volume.truth, volume.labels == 2
+    leaks = grown = shrunk = 0
+    for seed in range(40):
+        wrong = corrupted_previous(volume, np.random.default_rng(seed))
+        assert wrong.shape == truth.shape and wrong.dtype == bool and not np.array_equal(wrong, truth)
+        extra = wrong & ~truth
+        if not (truth & ~wrong).any():  # a superset: leaked or dilated
+            grown += 1
+            leaks += bool(extra.any() and (extra <= neighbour).all() and extra.sum() > 200)
+        else:
+            assert wrong.sum() < truth.sum() and not extra.any()  # an eroded copy, inside the truth
+            shrunk += 1
+    assert leaks >= 5 and grown > leaks and shrunk >= 3
+
+
+def test_a_corrupted_previous_sample_carries_that_segmentation_and_the_click_that_fixes_it(tmp_path):
+    model = build_model(tiny_config(), tmp_path / "m")
+    volume = two_structure_volume()
+    prompting = {"p_no_box": 0.0, "p_single_pass": 1.0, "p_corrupt_prev": 1.0, "click_rounds": [1],
+                 "click_round_weights": [1.0]}
+    sample = prompted_sample(model, volume, np.random.default_rng(2), prompting)
+    channels = model.spec.channels
+    assert sample.rounds == 1 and not sample.no_box
+    assert sample.x[channels.index("prev_seg")].sum() > 0
+    assert sample.x[channels.index("fg_clicks")].sum() + sample.x[channels.index("bg_clicks")].sum() > 0
+    # without the share, the same single-pass recipe has neither
+    plain = prompted_sample(model, volume, np.random.default_rng(2), prompting | {"p_corrupt_prev": 0.0})
+    assert plain.rounds == 0 and plain.x[channels.index("prev_seg")].sum() == 0
 
 
 def test_patch_target_is_the_area_fraction_of_the_truth():

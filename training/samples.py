@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, replace
 
+import edt
 import numpy as np
 import torch
 
@@ -52,6 +53,7 @@ class TrainingVolume:
     truth: np.ndarray  # bool, the target structure
     spacing: tuple[float, float, float]  # array order (z, y, x)
     source: str
+    labels: np.ndarray | None = None  # the label map the target came from: its neighbours
 
 
 def draw_volume(rng: np.random.Generator, sources: LabelSources, recipe: Recipe) -> TrainingVolume:
@@ -79,7 +81,7 @@ def draw_volume(rng: np.random.Generator, sources: LabelSources, recipe: Recipe)
         truth = labels == target
         if truth.sum() < MIN_TARGET_VOXELS:
             continue
-        return TrainingVolume(render_image(labels, rng), truth, (float(k), 1.0, 1.0), source)
+        return TrainingVolume(render_image(labels, rng), truth, (float(k), 1.0, 1.0), source, labels)
     raise RuntimeError("no usable target in 20 draws")
 
 
@@ -132,12 +134,41 @@ class Sample:
     rounds: int
 
 
+def corrupted_previous(volume: TrainingVolume, rng: np.random.Generator) -> np.ndarray:
+    """A wrong previous segmentation of the target, as a model gets it wrong: leaked into a neighbouring
+    structure, too thick, or too thin (bool mask)."""
+    truth, spacing = volume.truth, volume.spacing
+    outside = edt.edt(~truth, anisotropy=spacing, black_border=False)  # mm to the target
+    kind = rng.choice(["leak", "dilate", "erode"], p=[0.5, 0.3, 0.2])
+    if kind == "erode":
+        eroded = edt.edt(truth, anisotropy=spacing, black_border=True) > rng.uniform(1.0, 3.0)
+        if eroded.any():
+            return eroded
+    if kind == "leak" and volume.labels is not None:
+        touching = np.unique(volume.labels[(outside > 0) & (outside <= 2.0)])
+        if len(touching):
+            chosen = rng.choice(touching, size=min(len(touching), int(rng.integers(1, 3))), replace=False)
+            reach = rng.uniform(3.0, 40.0)  # how far the leak runs into its neighbours, in mm
+            return truth | (np.isin(volume.labels, chosen) & (outside <= reach))
+    return outside <= rng.uniform(1.0, 6.0)
+
+
 def prompted_sample(model: Model, volume: TrainingVolume, rng: np.random.Generator, prompting: dict) -> Sample:
-    """Dynamic prompt generation: clicks sampled from the model's own errors, as the evaluator places them."""
+    """Dynamic prompt generation: clicks sampled from the model's own errors, as the evaluator places them.
+
+    A share of samples (`p_corrupt_prev`) instead starts from a corrupted previous segmentation and the
+    click that fixes its largest error: the corrections a model's own early errors rarely teach
+    (pulling a leak back with a background click)."""
     no_box = bool(rng.random() < prompting["p_no_box"])
     prompt = first_prompt(volume, rng, with_box=not no_box)
     prev, rounds = None, 0
-    if rng.random() >= prompting["p_single_pass"]:
+    if prompting.get("p_corrupt_prev", 0) > 0 and rng.random() < prompting["p_corrupt_prev"]:
+        wrong = corrupted_previous(volume, rng)
+        prev = np.where(wrong, LABEL, 0).astype(np.uint8)
+        click = simulate_click(wrong, volume.truth)
+        if click is not None:
+            prompt, rounds = add_click(prompt, click), 1
+    elif rng.random() >= prompting["p_single_pass"]:
         weights = np.asarray(prompting["click_round_weights"], dtype=np.float64)
         wanted = int(rng.choice(prompting["click_rounds"], p=weights / weights.sum()))
         was_training = model.network.training
