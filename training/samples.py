@@ -138,12 +138,12 @@ def corrupted_previous(volume: TrainingVolume, rng: np.random.Generator) -> np.n
     """A wrong previous segmentation of the target, as a model gets it wrong: leaked into a neighbouring
     structure, too thick, or too thin (bool mask)."""
     truth, spacing = volume.truth, volume.spacing
-    outside = edt.edt(~truth, anisotropy=spacing, black_border=False)  # mm to the target
     kind = rng.choice(["leak", "dilate", "erode"], p=[0.5, 0.3, 0.2])
     if kind == "erode":
         eroded = edt.edt(truth, anisotropy=spacing, black_border=True) > rng.uniform(1.0, 3.0)
         if eroded.any():
             return eroded
+    outside = edt.edt(~truth, anisotropy=spacing, black_border=False)  # mm to the target
     if kind == "leak" and volume.labels is not None:
         touching = np.unique(volume.labels[(outside > 0) & (outside <= 2.0)])
         if len(touching):
@@ -162,6 +162,7 @@ def prompted_sample(model: Model, volume: TrainingVolume, rng: np.random.Generat
     no_box = bool(rng.random() < prompting["p_no_box"])
     prompt = first_prompt(volume, rng, with_box=not no_box)
     prev, rounds = None, 0
+    # no draw when the share is absent or 0: the runs recorded before it keep their random streams
     if prompting.get("p_corrupt_prev", 0) > 0 and rng.random() < prompting["p_corrupt_prev"]:
         wrong = corrupted_previous(volume, rng)
         prev = np.where(wrong, LABEL, 0).astype(np.uint8)
