@@ -2,7 +2,10 @@
 from __future__ import annotations
 
 import copy
+import csv
 import json
+import multiprocessing
+import os
 
 import numpy as np
 import pytest
@@ -15,10 +18,10 @@ from inference.model import load_model
 from inference.predict import predict_case
 from inference.synthetic_cases import make_volume
 from training import floors
-from training.feed import InProcessFeed, WorkerFeed
+from training.feed import SINGLE_THREAD_ENV, InProcessFeed, WorkerFeed, environment
 from training.label_maps import SHAPE_KINDS, LabelSources, blob, nuclei, random_shapes, shell, tube
 from training.samples import (LABEL, MIN_TARGET_VOXELS, Recipe, TrainingVolume, add_click, corrupted_previous,
-                              draw_volume, first_prompt, patch_target, prompted_sample, training_pair)
+                              draw_sample, draw_volume, first_prompt, patch_target, prompted_sample, training_pair)
 from training.synthesis import render_image, rotate_and_scale, thick_slices
 from training.train import DEFAULT_CONFIG, build_model, learning_rate, loss_terms, model_spec, train
 
@@ -233,8 +236,12 @@ def test_worker_processes_feed_training_and_prompt_with_the_published_weights(tm
     config = tiny_config()
     config["sync_steps"] = 1
     assert train(tmp_path / "run", config, False, None, 3, SHAPES_ONLY, workers=2) == 3
-    rows = (tmp_path / "run" / "log.csv").read_text().strip().splitlines()
-    assert len(rows) == 4 and "feed_seconds" in rows[0]
+    with open(tmp_path / "run" / "log.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert len(rows) == 3 and all(float(r["feed_seconds"]) >= 0 for r in rows)
+    for r in rows:  # the workers' own view: what a sample cost them, and where
+        assert float(r["sample_seconds"]) >= float(r["volume_seconds"]) + float(r["passes_seconds"]) - 2e-3
+        assert float(r["volume_seconds"]) > 0
     published = torch.load(tmp_path / "run" / "prompting_weights.pt", weights_only=True)
     trained = torch.load(tmp_path / "run" / "checkpoint.pt", weights_only=False)["network"]
     assert all(torch.equal(published[k], trained[k]) for k in trained)
@@ -253,8 +260,38 @@ def test_worker_samples_match_the_in_process_ones_to_half_precision(tmp_path):
         feed.close()
     here = sorted(here, key=lambda s: float(s.target.sum()))
     for a, b in zip(here, there):
-        assert b.x.dtype == torch.float32 and b.x.shape == a.x.shape
-        assert torch.allclose(a.x, b.x, rtol=1e-3, atol=1e-3) and torch.allclose(a.target, b.target, atol=1e-3)
+        assert b.x.dtype == torch.float16 and b.x.shape == a.x.shape  # the trainer converts on its device
+        assert torch.allclose(a.x, b.x.float(), rtol=1e-3, atol=1e-3)
+        assert torch.allclose(a.target, b.target.float(), atol=1e-3)
+        assert b.seconds >= b.volume_seconds > 0 and b.passes_seconds == 0  # timed where it was drawn
+
+
+def test_prompting_passes_are_timed_apart_from_the_volume(tmp_path):
+    config = tiny_config()
+    model = build_model(config, tmp_path / "model")
+    recipe = Recipe.from_config(config["data"])
+    prompting = dict(config["prompting"], p_single_pass=0.0, p_corrupt_prev=0.0, click_rounds=[2],
+                     click_round_weights=[1.0])
+    sample = draw_sample(model, SHAPES_ONLY, recipe, prompting, 5, 0, 0)
+    assert sample.rounds >= 1 and sample.passes_seconds > 0
+    assert sample.seconds >= sample.volume_seconds + sample.passes_seconds
+
+
+def test_feed_workers_start_with_single_threaded_libraries_and_the_trainer_keeps_its_environment():
+    name = SINGLE_THREAD_ENV[0]
+    before = os.environ.get(name)
+    context = multiprocessing.get_context("spawn")
+    seen = context.Queue()
+    with environment({name: "1"}):
+        child = context.Process(target=_report_environment, args=(name, seen))
+        child.start()
+    child.join(timeout=60)
+    assert seen.get(timeout=5) == "1"
+    assert os.environ.get(name) == before
+
+
+def _report_environment(name, seen) -> None:
+    seen.put(os.environ.get(name))
 
 
 def test_a_failing_feed_worker_stops_training_with_its_error(tmp_path):

@@ -9,9 +9,11 @@ done first, so a worker-fed run is not bit-for-bit repeatable (an in-process run
 """
 from __future__ import annotations
 
+import contextlib
 import multiprocessing
 import os
 import queue
+import threading
 from pathlib import Path
 
 import torch
@@ -22,6 +24,9 @@ from .label_maps import LabelSources
 from .samples import Recipe, Sample, draw_sample
 
 RESULT_TIMEOUT_S = 600  # a worker that produces nothing for this long is broken, not slow
+# A worker is one core's worth of work: every thread pool its libraries would open is capped at one
+# thread before its interpreter starts (OpenMP reads these once, at load time).
+SINGLE_THREAD_ENV = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")
 
 
 class InProcessFeed:
@@ -50,6 +55,7 @@ class WorkerFeed:
         self.tasks, self.results = context.Queue(), context.Queue()
         self.version = context.Value("i", 0)
         self.weights = scratch / "prompting_weights.pt"
+        self.publisher: threading.Thread | None = None
         self.batch_size, self.next_step = batch_size, first_step
         self.publish(model.network)
         for _ in range(steps_ahead):
@@ -57,8 +63,9 @@ class WorkerFeed:
         args = (str(model.spec.folder), str(model.device), str(self.weights), self.version, self.tasks,
                 self.results, sources, recipe, prompting, seed)
         self.processes = [context.Process(target=_work, args=args, daemon=True) for _ in range(workers)]
-        for process in self.processes:
-            process.start()
+        with environment({name: "1" for name in SINGLE_THREAD_ENV}):
+            for process in self.processes:
+                process.start()
 
     def _queue_step(self) -> None:
         for index in range(self.batch_size):
@@ -76,20 +83,33 @@ class WorkerFeed:
                 raise RuntimeError(f"no training sample for {RESULT_TIMEOUT_S} s: the feed's workers are stuck") from None
             if isinstance(item, str):
                 raise RuntimeError(f"a feed worker failed: {item}")
-            x, target, no_box, rounds = item
-            samples.append(Sample(torch.from_numpy(x).float(), torch.from_numpy(target).float(), no_box, rounds))
+            x, target, *how = item  # float16: the trainer converts on its device
+            samples.append(Sample(torch.from_numpy(x), torch.from_numpy(target), *how))
         return samples
 
     def publish(self, network: torch.nn.Module) -> None:
-        """Hand the current weights to the workers (atomically; they reload before their next sample)."""
+        """Hand the current weights to the workers (atomically; they reload before their next sample).
+
+        Only the copy waits: the file is written in the background while the next step runs."""
         state = {k: v.detach().to("cpu", copy=True) for k, v in network.state_dict().items()}
+        self.wait_for_publisher()
+        self.publisher = threading.Thread(target=self._write_weights, args=(state,), daemon=True)
+        self.publisher.start()
+
+    def _write_weights(self, state: dict[str, torch.Tensor]) -> None:
         tmp = self.weights.with_suffix(".tmp")
         torch.save(state, tmp)
         os.replace(tmp, self.weights)
         with self.version.get_lock():
             self.version.value += 1
 
+    def wait_for_publisher(self) -> None:
+        if self.publisher is not None:
+            self.publisher.join()
+            self.publisher = None
+
     def close(self) -> None:
+        self.wait_for_publisher()
         for process in self.processes:
             process.terminate()
         for process in self.processes:
@@ -99,6 +119,7 @@ class WorkerFeed:
 def _work(model_folder: str, device: str, weights: str, version, tasks, results, sources: LabelSources,
           recipe: Recipe, prompting: dict, seed: int) -> None:
     torch.set_num_threads(1)  # one process per core
+    torch.set_num_interop_threads(1)
     device = torch.device(device)
     torch.backends.cudnn.benchmark = device.type == "cuda"  # one patch size: autotuned 3D convolutions pay off
     spec = read_spec(model_folder)
@@ -113,6 +134,22 @@ def _work(model_folder: str, device: str, weights: str, version, tasks, results,
             sample = draw_sample(model, sources, recipe, prompting, seed, step, index)
             # half precision through the pipe: 4x faster to pass than float32 (98 -> 24 ms a 96^3 sample
             # on the 2-core machine) and finer than the bfloat16 the GPU step computes in
-            results.put((sample.x.half().numpy(), sample.target.half().numpy(), sample.no_box, sample.rounds))
+            results.put((sample.x.half().numpy(), sample.target.half().numpy(), sample.no_box, sample.rounds,
+                         sample.volume_seconds, sample.passes_seconds, sample.seconds))
         except Exception as exc:  # reported to the trainer, which stops: a broken sampler must not go unseen
             results.put(f"step {step} sample {index}: {type(exc).__name__}: {exc}")
+
+
+@contextlib.contextmanager
+def environment(values: dict[str, str]):
+    """These environment variables while the block runs (what processes started in it inherit), then as before."""
+    before = {name: os.environ.get(name) for name in values}
+    os.environ.update(values)
+    try:
+        yield
+    finally:
+        for name, value in before.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value

@@ -6,6 +6,7 @@ simulated user; a sample is turned into a network input by the container's own c
 """
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass, replace
 
 import edt
@@ -132,6 +133,10 @@ class Sample:
     target: torch.Tensor  # (P, P, P)
     no_box: bool
     rounds: int
+    # where drawing it went, in seconds: the feed's log shows what limits a worker-fed run
+    volume_seconds: float = 0.0  # label map, augmentation and image synthesis
+    passes_seconds: float = 0.0  # the prompting passes (the network's forward passes and their inputs)
+    seconds: float = 0.0  # the whole sample
 
 
 def corrupted_previous(volume: TrainingVolume, rng: np.random.Generator) -> np.ndarray:
@@ -161,7 +166,7 @@ def prompted_sample(model: Model, volume: TrainingVolume, rng: np.random.Generat
     (pulling a leak back with a background click)."""
     no_box = bool(rng.random() < prompting["p_no_box"])
     prompt = first_prompt(volume, rng, with_box=not no_box)
-    prev, rounds = None, 0
+    prev, rounds, passes_seconds = None, 0, 0.0
     # no draw when the share is absent or 0: the runs recorded before it keep their random streams
     if prompting.get("p_corrupt_prev", 0) > 0 and rng.random() < prompting["p_corrupt_prev"]:
         wrong = corrupted_previous(volume, rng)
@@ -175,9 +180,11 @@ def prompted_sample(model: Model, volume: TrainingVolume, rng: np.random.Generat
         was_training = model.network.training
         model.network.eval()
         for _ in range(wanted):
+            t0 = time.perf_counter()
             prepared = prepare(as_case(volume, prompt, prev), model)
             # one pass per round (no AutoZoom): the hardened prediction is only a prompt here
             outcome = segment_class(model, prepared, prompt, Effort(model.spec.patch_size, max_passes=1))
+            passes_seconds += time.perf_counter() - t0
             classes = [outcome.probability] if outcome.probability is not None else []
             prev = apply_clicks(fuse_classes(volume.truth.shape, classes), [prompt])
             click = simulate_click(prev == LABEL, volume.truth)
@@ -187,7 +194,7 @@ def prompted_sample(model: Model, volume: TrainingVolume, rng: np.random.Generat
             rounds += 1
         model.network.train(was_training)
     x, target = training_pair(model, volume, prompt, prev)
-    return Sample(x, target, no_box, rounds)
+    return Sample(x, target, no_box, rounds, passes_seconds=passes_seconds)
 
 
 def sample_rng(seed: int, step: int, index: int) -> np.random.Generator:
@@ -198,5 +205,9 @@ def sample_rng(seed: int, step: int, index: int) -> np.random.Generator:
 def draw_sample(model: Model, sources: LabelSources, recipe: Recipe, prompting: dict,
                 seed: int, step: int, index: int) -> Sample:
     """Sample `index` of training step `step`: a fresh volume, prompted against `model`'s own errors."""
+    t0 = time.perf_counter()
     rng = sample_rng(seed, step, index)
-    return prompted_sample(model, draw_volume(rng, sources, recipe), rng, prompting)
+    volume = draw_volume(rng, sources, recipe)
+    t1 = time.perf_counter()
+    sample = prompted_sample(model, volume, rng, prompting)
+    return replace(sample, volume_seconds=t1 - t0, seconds=time.perf_counter() - t0)

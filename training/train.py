@@ -31,10 +31,13 @@ from inference.model import Model, create_random_model, load_state_dict, pick_de
 from .feed import InProcessFeed, WorkerFeed
 from .label_maps import LabelSources
 from .record import plot_loss
-from .samples import Recipe
+from .samples import Recipe, Sample
 
 DEFAULT_CONFIG = Path(__file__).resolve().parent / "config.json"
-LOG_FIELDS = ["step", "loss", "dice", "bce", "lr", "seconds", "feed_seconds", "no_box", "rounds"]
+# feed_seconds: what the step waited for its samples; sample/volume/passes_seconds: the batch's mean time to
+# draw one sample, and of that the volume's synthesis and the prompting passes (a worker's view of the feed)
+LOG_FIELDS = ["step", "loss", "dice", "bce", "lr", "seconds", "feed_seconds", "no_box", "rounds",
+              "sample_seconds", "volume_seconds", "passes_seconds"]
 
 
 def model_spec(config: dict) -> dict:
@@ -90,6 +93,16 @@ def save_checkpoint(run_dir: Path, model: Model, optimiser, step: int, minutes: 
     os.replace(tmp, run_dir / "checkpoint.pt")
     save_model(run_dir / "model", model_spec(config) | {"name": f"{config['name']} (step {step})"}, model.network)
     plot_loss(run_dir)
+
+
+def sample_timing(samples: list[Sample]) -> dict[str, str]:
+    """The log's mean seconds per sample: in all, drawing the volume, and in the prompting passes."""
+    def mean(values) -> str:
+        return f"{sum(values) / len(samples):.3f}"
+
+    return {"sample_seconds": mean(s.seconds for s in samples),
+            "volume_seconds": mean(s.volume_seconds for s in samples),
+            "passes_seconds": mean(s.passes_seconds for s in samples)}
 
 
 def drop_log_rows_after(log_path: Path, step: int) -> None:
@@ -193,8 +206,9 @@ def train(run_dir: Path, config: dict, resume: bool, minutes: float | None, step
                     torch.set_num_threads(fitting_threads(config["threads"], cpu.others_since(last_cpu)))
                 samples = feed.batch(step, config["batch_size"])
                 feed_seconds = time.monotonic() - t0  # what the step waited for its samples
-                x = torch.stack([s.x for s in samples]).to(device, non_blocking=True)
-                target = torch.stack([s.target for s in samples])[:, None].to(device, non_blocking=True)
+                # worker samples arrive in float16: converted on the device, half the bytes copied there
+                x = torch.stack([s.x for s in samples]).to(device, non_blocking=True).float()
+                target = torch.stack([s.target for s in samples])[:, None].to(device, non_blocking=True).float()
                 for group in optimiser.param_groups:
                     group["lr"] = learning_rate(step, opt, trained_minutes)
                 with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
@@ -213,7 +227,8 @@ def train(run_dir: Path, config: dict, resume: bool, minutes: float | None, step
                 log.writerow({"step": step, "loss": f"{loss.item():.4f}", "dice": f"{dice.item():.4f}",
                               "bce": f"{bce.item():.4f}", "lr": f"{optimiser.param_groups[0]['lr']:.2e}",
                               "seconds": f"{seconds:.2f}", "feed_seconds": f"{feed_seconds:.2f}",
-                              "no_box": sum(s.no_box for s in samples), "rounds": sum(s.rounds for s in samples)})
+                              "no_box": sum(s.no_box for s in samples), "rounds": sum(s.rounds for s in samples),
+                              **sample_timing(samples)})
                 if step % config["log_every"] == 0:
                     log_file.flush()
                     print(f"step {step} loss {loss.item():.3f} (dice {dice.item():.3f}, bce {bce.item():.3f}) "
