@@ -12,7 +12,7 @@ import json
 import math
 import os
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -26,6 +26,7 @@ SPEC_FILE = "model.json"
 OUTPUT_HEADS = {"sigmoid": 1, "softmax2": 2}
 # "segfm": our field of view and prompt drawing; "nninteractive": the reference session's (nninteractive_view.py)
 PIPELINES = ("segfm", "nninteractive")
+PROMPT_SETTINGS = ("box", "clicks")  # the case has boxes / it has clicks only (the challenge's --no-box)
 
 
 @dataclass(frozen=True)
@@ -41,6 +42,12 @@ class ModelSpec:
     max_zoom: float = 4.0
     pipeline: str = "segfm"
     interaction_decay: float = 1.0  # nnInteractive: each older prompt counts this much less
+    # logits added to the foreground margin per prompt setting (segfm pipeline): the weights' calibration,
+    # chosen on tuning cases by training/calibrate.py
+    margin_offset: dict[str, float] = field(default_factory=dict)
+
+    def offset(self, has_box: bool) -> float:
+        return self.margin_offset.get("box" if has_box else "clicks", 0.0)
 
 
 def raw_spec(folder: Path) -> dict:
@@ -81,6 +88,10 @@ def read_spec(folder: str | os.PathLike, patch_size: int | None = None, box_mode
     decay = float(raw.get("interaction_decay", 1.0))
     if not 0 < decay <= 1:
         raise ValueError(f"{SPEC_FILE}: interaction_decay must be in (0, 1], got {decay}")
+    offsets = raw.get("margin_offset", {})
+    if not isinstance(offsets, dict) or set(offsets) - set(PROMPT_SETTINGS) \
+            or not all(isinstance(v, (int, float)) and math.isfinite(v) for v in offsets.values()):
+        raise ValueError(f"{SPEC_FILE}: margin_offset maps {PROMPT_SETTINGS} to finite numbers, got {offsets!r}")
     return ModelSpec(
         folder=folder,
         architecture=architecture,
@@ -93,6 +104,7 @@ def read_spec(folder: str | os.PathLike, patch_size: int | None = None, box_mode
         max_zoom=float(raw.get("max_zoom", 4.0)),
         pipeline=raw.get("pipeline", "segfm"),
         interaction_decay=decay,
+        margin_offset={k: float(v) for k, v in offsets.items()},
     )
 
 
@@ -150,9 +162,9 @@ class Model:
         fg = logits[0] if self.spec.output == "sigmoid" else logits[1] - logits[0]
         return fg.cpu()
 
-    def probability(self, x: torch.Tensor) -> torch.Tensor:
-        """Foreground probability (P, P, P) on the CPU for one network input (C, P, P, P)."""
-        return torch.sigmoid(self.margin(x))
+    def probability(self, x: torch.Tensor, offset: float = 0.0) -> torch.Tensor:
+        """Foreground probability (P, P, P) on the CPU for one network input (C, P, P, P), the margin moved by `offset`."""
+        return torch.sigmoid(self.margin(x) + offset)
 
 
 def build_network(spec: ModelSpec) -> torch.nn.Module:

@@ -133,8 +133,9 @@ def segment_class(model: Model, prepared: PreparedCase, prompt: ClassPrompt,
     effort = effort or Effort(model.spec.patch_size)
     fov = fit(bounds, effort.patch)
     t0 = time.monotonic()
+    offset = model.spec.offset(prompt.box is not None)
     x = network_input(model, prepared, prompt, fov)
-    probs = model.probability(x)
+    probs = model.probability(x, offset)
     passes, pass_seconds = 1, time.monotonic() - t0
     if prompt.box is None:  # without a box the extent is unknown: zoom out while the object runs off the patch
         prev = x[model.spec.channels.index("prev_seg")] > 0.5 if "prev_seg" in model.spec.channels else None
@@ -144,7 +145,7 @@ def segment_class(model: Model, prepared: PreparedCase, prompt: ClassPrompt,
                and border_changed(probs > 0.5, prev)):
             fov = fov.zoomed_out(ZOOM_OUT_STEP, model.spec.max_zoom)
             x = network_input(model, prepared, prompt, fov)
-            probs = model.probability(x)
+            probs = model.probability(x, offset)
             passes += 1
             if "prev_seg" in model.spec.channels:
                 prev = x[model.spec.channels.index("prev_seg")] > 0.5

@@ -94,9 +94,9 @@ def test_a_slow_model_keeps_the_previous_prediction_for_classes_it_cannot_reach(
     case, labels = three_class_case(tmp_path)
     real = Model.probability
 
-    def slow(self, x):
+    def slow(self, x, offset=0.0):
         time.sleep(3.0)
-        return real(self, x)
+        return real(self, x, offset)
 
     monkeypatch.setattr(Model, "probability", slow)
     # ~3.1 s a pass: after two classes under 0.5 s is left (1 s is the finishing reserve), less than even a
@@ -112,11 +112,11 @@ def test_out_of_memory_retries_at_a_smaller_patch(tmp_path, default_model, monke
     real = Model.probability
     sizes = []
 
-    def oom_once(self, x):
+    def oom_once(self, x, offset=0.0):
         sizes.append(x.shape[-1])
         if len(sizes) == 1:
             raise torch.OutOfMemoryError("CUDA out of memory (simulated)")
-        return real(self, x)
+        return real(self, x, offset)
 
     monkeypatch.setattr(Model, "probability", oom_once)
     predict_case(default_model, case)
@@ -136,7 +136,7 @@ def test_more_than_255_classes_are_written_as_uint16():
 WATCHDOG_RUN = """
 import sys, time
 from inference.model import Model
-Model.probability = lambda self, x: time.sleep(600)  # a forward pass that hangs
+Model.probability = lambda self, x, offset=0.0: time.sleep(600)  # a forward pass that hangs
 from inference.predict import main
 sys.exit(main(sys.argv[1:]))
 """

@@ -115,6 +115,16 @@ def test_read_spec_cubic_patch_list_and_defaults(tmp_path):
     assert spec.prompts == PromptEncoding()
 
 
+def test_margin_offset_is_per_prompt_setting_and_moves_the_probability(tmp_path):
+    assert read_spec(write_spec(tmp_path, tiny_spec())).margin_offset == {}
+    spec = tiny_spec(margin_offset={"box": 1.5})
+    save_model(tmp_path, spec, make_network(tmp_path, spec))
+    model = load_model(tmp_path, torch.device("cpu"))
+    assert (model.spec.offset(has_box=True), model.spec.offset(has_box=False)) == (1.5, 0.0)
+    x = random_input()
+    torch.testing.assert_close(model.probability(x, 1.5), torch.sigmoid(model.margin(x) + 1.5))
+
+
 @pytest.mark.parametrize(
     "override,field",
     [
@@ -123,6 +133,9 @@ def test_read_spec_cubic_patch_list_and_defaults(tmp_path):
         ({"patch_size": [16, 16, 32]}, "patch_size"),
         ({"output": "softmax3"}, "output"),
         ({"normalisation": "minmax"}, "normalisation"),
+        ({"margin_offset": {"nobox": 1.0}}, "margin_offset"),
+        ({"margin_offset": {"box": float("nan")}}, "margin_offset"),
+        ({"margin_offset": 1.0}, "margin_offset"),
     ],
 )
 def test_read_spec_rejects_bad_fields(tmp_path, override, field):

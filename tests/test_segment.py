@@ -71,7 +71,7 @@ def fov_contains(fov: FieldOfView, lo, hi) -> bool:
 
 
 def forbid_network(monkeypatch):
-    def boom(self, x):
+    def boom(self, x, offset=0.0):
         raise AssertionError("the network must not be called")
 
     monkeypatch.setattr(Model, "probability", boom)
@@ -309,7 +309,7 @@ def test_done_class_with_previous_prediction_is_kept(model, monkeypatch):
 
 def test_done_class_without_previous_prediction_runs_the_network(model, monkeypatch):
     calls = []
-    monkeypatch.setattr(Model, "probability", lambda self, x: calls.append(x) or torch.zeros((PATCH,) * 3))
+    monkeypatch.setattr(Model, "probability", lambda self, x, offset=0.0: calls.append(x) or torch.zeros((PATCH,) * 3))
     prompt = ClassPrompt(1, fg=np.array([[10, 10, 10]]), order=("fg", None))
     case = make_case(prompts=[prompt])
     outcome = segment_class(model, prepare(case, model), prompt)
@@ -321,7 +321,7 @@ def test_class_with_new_clicks_and_previous_prediction_runs_the_network(model, m
     prev = np.zeros((30, 32, 34), dtype=np.uint8)
     prev[10:14, 10:14, 10:14] = 1
     calls = []
-    monkeypatch.setattr(Model, "probability", lambda self, x: calls.append(x) or torch.zeros((PATCH,) * 3))
+    monkeypatch.setattr(Model, "probability", lambda self, x, offset=0.0: calls.append(x) or torch.zeros((PATCH,) * 3))
     prompt = ClassPrompt(1, box=Box((9, 9, 9), (15, 15, 15), 12), fg=np.array([[16, 12, 12]]), order=("fg",))
     case = make_case(prompts=[prompt], prev=prev)
     outcome = segment_class(model, prepare(case, model), prompt)
@@ -363,7 +363,7 @@ def test_box_class_gives_patch_probability_covering_the_box(model):
 
 def test_box_class_never_zooms_out(model, monkeypatch):
     calls = []
-    monkeypatch.setattr(Model, "probability", lambda self, x: calls.append(1) or torch.ones((PATCH,) * 3))
+    monkeypatch.setattr(Model, "probability", lambda self, x, offset=0.0: calls.append(1) or torch.ones((PATCH,) * 3))
     prompt = ClassPrompt(1, box=Box((10, 10, 10), (14, 14, 14), 12))
     case = make_case(prompts=[prompt])
     outcome = segment_class(model, prepare(case, model), prompt)
@@ -372,7 +372,7 @@ def test_box_class_never_zooms_out(model, monkeypatch):
 
 
 def test_a_box_class_answers_nothing_outside_the_boxs_slices_clicks_do_not(model, monkeypatch):
-    monkeypatch.setattr(Model, "probability", lambda self, x: torch.ones((PATCH,) * 3) * 0.9)  # all foreground
+    monkeypatch.setattr(Model, "probability", lambda self, x, offset=0.0: torch.ones((PATCH,) * 3) * 0.9)  # all foreground
     box_prompt = ClassPrompt(1, box=Box((10, 10, 10), (14, 14, 14), 12))
     click_prompt = ClassPrompt(2, fg=np.array([[20, 16, 16]]), order=("fg",))
     case = make_case(prompts=[box_prompt, click_prompt])
@@ -390,7 +390,7 @@ def test_a_box_class_answers_nothing_outside_the_boxs_slices_clicks_do_not(model
 @pytest.mark.parametrize("max_zoom,zooms", [(4, [1.0, 1.5, 2.25, 3.375, 4.0]), (2, [1.0, 1.5, 2.0])])
 def test_clicks_class_with_full_output_zooms_out_until_max_zoom(tmp_path, monkeypatch, max_zoom, zooms):
     model = tiny_model(tmp_path / "m", max_zoom=max_zoom)
-    monkeypatch.setattr(Model, "probability", lambda self, x: torch.ones((PATCH,) * 3))
+    monkeypatch.setattr(Model, "probability", lambda self, x, offset=0.0: torch.ones((PATCH,) * 3))
     fovs = record_fovs(monkeypatch)
     click = np.array([[20, 21, 22]])
     prompt = ClassPrompt(1, fg=click, order=("fg",))
@@ -408,7 +408,7 @@ def test_clicks_class_with_full_output_zooms_out_until_max_zoom(tmp_path, monkey
 
 def test_clicks_class_with_empty_output_does_a_single_pass(model, monkeypatch):
     calls = []
-    monkeypatch.setattr(Model, "probability", lambda self, x: calls.append(1) or torch.zeros((PATCH,) * 3))
+    monkeypatch.setattr(Model, "probability", lambda self, x, offset=0.0: calls.append(1) or torch.zeros((PATCH,) * 3))
     prompt = ClassPrompt(1, fg=np.array([[15, 15, 15]]), bg=np.array([[17, 15, 15]]), order=("fg", "bg"))
     case = make_case(prompts=[prompt])
     outcome = segment_class(model, prepare(case, model), prompt)

@@ -6,6 +6,8 @@ import csv
 import json
 import multiprocessing
 import os
+import shutil
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -14,10 +16,11 @@ import torch
 from inference.case_io import Case, ClassPrompt
 from inference.harness.boxes import organiser_box
 from inference.harness.simulated_user import Click, simulate_click
-from inference.model import load_model
-from inference.predict import predict_case
+from inference.model import load_model, read_spec
+from inference.predict import DEFAULT_MODEL, predict_case
 from inference.synthetic_cases import make_volume
 from training import floors
+from training.calibrate import calibrate, write_offsets
 from training.feed import SINGLE_THREAD_ENV, InProcessFeed, WorkerFeed, environment
 from training.label_maps import SHAPE_KINDS, LabelSources, blob, nuclei, random_shapes, shell, tube
 from training.samples import (LABEL, MIN_TARGET_VOXELS, Recipe, TrainingVolume, add_click, corrupted_previous,
@@ -26,6 +29,7 @@ from training.synthesis import render_image, rotate_and_scale, thick_slices
 from training.train import DEFAULT_CONFIG, build_model, learning_rate, loss_terms, model_spec, train
 
 SHAPES_ONLY = LabelSources()
+REPO = Path(__file__).resolve().parent.parent
 
 
 def tiny_config(tmp_seed: int = 0) -> dict:
@@ -357,6 +361,22 @@ def test_the_default_model_is_trained_it_segments_an_unseen_object_from_its_box(
 
 
 # ----------------------------------------------------------------------------- floors
+
+
+def test_calibration_ranks_offsets_by_their_scores_and_writes_the_chosen_one(tmp_path):
+    cases = tmp_path / "cases"
+    cases.mkdir()
+    shutil.copy(REPO / "demo" / "inputs" / "CT_demo_box.npz", cases)  # it carries its gts
+    folder = tmp_path / "model"
+    shutil.copytree(DEFAULT_MODEL, folder)
+    model = load_model(folder, torch.device("cpu"), backend="auto")
+    table = calibrate(model, sorted(cases.glob("*.npz")), {"box": [-30.0, 0.0]}, tmp_path / "work")
+    (best, best_scores), (worst, worst_scores) = table["box"]
+    assert (best, worst) == (0.0, -30.0)  # -30: nothing but the clicked voxels is foreground
+    assert best_scores["DSC_AUC"] > 2.0 > worst_scores["DSC_AUC"]
+    write_offsets(folder, {"box": 0.75})
+    assert read_spec(folder).margin_offset == {"box": 0.75}
+    assert json.loads((folder / "model.json").read_text())["patch_size"] == model.spec.patch_size  # the rest kept
 
 
 def test_floors_fill_boxes_and_paint_balls_at_fg_clicks(tmp_path):

@@ -65,8 +65,11 @@ def cat12_template_on_atlas_grid(data_dir: Path = DATA_DIR) -> np.ndarray:
     return np.round(np.clip(values, 0, 1) * 255).astype(np.uint8).transpose(2, 1, 0)
 
 
-def write_validation_cases(out: Path, data_dir: Path = DATA_DIR) -> list[Path]:
-    rng = np.random.default_rng(SEED)
+def write_validation_cases(out: Path, data_dir: Path = DATA_DIR, seed: int = SEED, with_mni: bool = True) -> list[Path]:
+    """The validation cases; another `seed` draws other regions and appearances (tuning cases, training/calibrate.py).
+
+    `with_mni=False` leaves out the MNI152 case, which is the same whatever the seed."""
+    rng = np.random.default_rng(seed)
     written = []
     hammers = read_atlas(VALIDATION_ATLAS, data_dir)
     atlas_crop = brain_crop(hammers > 0)
@@ -83,10 +86,11 @@ def write_validation_cases(out: Path, data_dir: Path = DATA_DIR) -> list[Path]:
         targets = [t for t in range(1, 1 + CLASSES_PER_CASE) if (labels == t).sum() >= 20]
         written.append(write_case(out / f"CT_shapes_{i}.npz", {
             "imgs": render_image(labels, rng), "gts": relabel(labels, targets), "spacing": np.asarray((1.0, 1.0, 1.0))}))
-    t1, tissue = mni_tissue(data_dir)
-    mni_crop = brain_crop(t1 > 0)
-    written.append(write_case(out / "MR_mniT1_0.npz", {
-        "imgs": t1[mni_crop], "gts": relabel(tissue[mni_crop], [1, 2]), "spacing": np.asarray((1.0, 1.0, 1.0))}))
+    if with_mni:
+        t1, tissue = mni_tissue(data_dir)
+        mni_crop = brain_crop(t1 > 0)
+        written.append(write_case(out / "MR_mniT1_0.npz", {
+            "imgs": t1[mni_crop], "gts": relabel(tissue[mni_crop], [1, 2]), "spacing": np.asarray((1.0, 1.0, 1.0))}))
     template = cat12_template_on_atlas_grid(data_dir)[atlas_crop]
     for i in range(2):
         targets = pick_regions(hammers, rng, CLASSES_PER_CASE)
