@@ -372,6 +372,7 @@ def test_calibration_ranks_offsets_by_their_scores_and_writes_the_chosen_one(tmp
     model = load_model(folder, torch.device("cpu"), backend="auto")
     table = calibrate(model, sorted(cases.glob("*.npz")), {"box": [-30.0, 0.0]}, tmp_path / "work")
     (best, best_scores), (worst, worst_scores) = table["box"]
+    assert model.spec.margin_offset == read_spec(folder).margin_offset  # the offsets tried are not left behind
     assert (best, worst) == (0.0, -30.0)  # -30: nothing but the clicked voxels is foreground
     assert best_scores["DSC_AUC"] > 2.0 > worst_scores["DSC_AUC"]
     write_offsets(folder, {"box": 0.75})

@@ -22,7 +22,7 @@ import numpy as np
 
 from inference import predict
 from inference.harness.metrics import auc
-from inference.harness.protocol import load_training_case, replay_case
+from inference.harness.protocol import TrainingCase, load_training_case, replay_case
 from inference.model import PROMPT_SETTINGS, SPEC_FILE, Model, load_model
 
 from .validate import write_validation_cases
@@ -43,11 +43,10 @@ class InProcessPredictor:
         return time.perf_counter() - t0
 
 
-def score(model: Model, cases: list[Path], setting: str, offset: float, workdir: Path) -> dict[str, float]:
+def score(model: Model, cases: list[TrainingCase], setting: str, offset: float, workdir: Path) -> dict[str, float]:
     """Mean DSC_AUC and NSD_AUC over `cases` with the model's margin moved by `offset` in `setting`."""
     model.spec = dataclasses.replace(model.spec, margin_offset={**model.spec.margin_offset, setting: offset})
-    results = [replay_case(load_training_case(path, no_box=setting == "clicks"), InProcessPredictor(model), workdir)
-               for path in cases]
+    results = [replay_case(case, InProcessPredictor(model), workdir) for case in cases]
     failed = [r.name for r in results if r.error]
     if failed:
         raise RuntimeError(f"cases could not be scored: {failed}")
@@ -56,11 +55,17 @@ def score(model: Model, cases: list[Path], setting: str, offset: float, workdir:
 
 
 def calibrate(model: Model, cases: list[Path], offsets: dict[str, list[float]], workdir: Path) -> dict[str, list]:
-    """Per setting: [(offset, scores)] for every offset tried, best first (mean of DSC_AUC and NSD_AUC)."""
-    table = {}
-    for setting, candidates in offsets.items():
-        rows = [(offset, score(model, cases, setting, offset, workdir)) for offset in candidates]
-        table[setting] = sorted(rows, key=lambda r: -(r[1]["DSC_AUC"] + r[1]["NSD_AUC"]) / 2)
+    """Per setting: [(offset, scores)] for every offset tried, best first (mean of DSC_AUC and NSD_AUC).
+
+    The model's spec is as before afterwards; each case is read once per setting."""
+    table, spec = {}, model.spec
+    try:
+        for setting, candidates in offsets.items():
+            loaded = [load_training_case(path, no_box=setting == "clicks") for path in cases]
+            rows = [(offset, score(model, loaded, setting, offset, workdir)) for offset in candidates]
+            table[setting] = sorted(rows, key=lambda r: -(r[1]["DSC_AUC"] + r[1]["NSD_AUC"]) / 2)
+    finally:
+        model.spec = spec
     return table
 
 
