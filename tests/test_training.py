@@ -22,7 +22,8 @@ from inference.synthetic_cases import make_volume
 from training import floors
 from training.calibrate import calibrate, write_offsets
 from training.feed import SINGLE_THREAD_ENV, InProcessFeed, WorkerFeed, environment
-from training.label_maps import SHAPE_KINDS, LabelSources, blob, nuclei, random_shapes, shell, tube
+from training.label_maps import (SHAPE_KINDS, LabelSources, blob, label_values, nuclei, random_shapes, shell,
+                                 smooth_noise, tube)
 from training.samples import (LABEL, MIN_TARGET_VOXELS, Recipe, TrainingVolume, add_click, corrupted_previous,
                               draw_sample, draw_volume, first_prompt, patch_target, prompted_sample, training_pair)
 from training.synthesis import render_image, rotate_and_scale, thick_slices
@@ -71,6 +72,28 @@ def test_render_image_is_uint8_full_range_and_separates_differently_coloured_lab
     assert image.max() > 200 and image.min() < 50  # stretched to [0, 255]
     same = render_image(labels, np.random.default_rng(0))
     assert np.array_equal(image, same)
+
+
+def test_label_values_are_the_sorted_labels_present():
+    labels = np.random.default_rng(1).choice(np.array([0, 3, 7, 250, 1000], dtype=np.uint16), size=(9, 11, 13))
+    labels[labels == 7] = 3  # 7 absent
+    assert np.array_equal(label_values(labels), np.unique(labels))
+
+
+def test_render_image_gives_each_label_its_own_mean_whatever_the_label_numbers():
+    labels = np.zeros((24, 24, 24), dtype=np.uint16)
+    labels[:, :, 12:] = 900  # a high label number next to 0: intensities are looked up by label, not by rank
+    means = [[render_image(labels, np.random.default_rng(seed))[labels == v].mean() for v in (0, 900)] for seed in range(8)]
+    assert max(abs(a - b) for a, b in means) > 60  # the two halves are drawn different contrasts
+
+
+def test_smooth_noise_is_smooth_up_to_the_last_plane():
+    # sigma 20 -> coarse grid 10x smaller: ndimage.zoom left the last planes at 0 here
+    field_ = smooth_noise(np.random.default_rng(0), (150, 160, 140), sigma=20.0)
+    assert abs(field_.mean()) < 1e-3 and abs(field_.std() - 1) < 1e-3
+    for axis in range(3):
+        last, before = np.take(field_, -1, axis), np.take(field_, -2, axis)
+        assert np.abs(last - before).max() < 0.5  # neighbouring planes of a smooth field
 
 
 def test_thick_slices_keep_every_kth_slice_and_report_k():

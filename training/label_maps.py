@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+import torch
 from scipy import ndimage
 
 DATA_DIR = Path(__file__).resolve().parent / "data"
@@ -59,6 +60,11 @@ class LabelSources:
 # ----------------------------------------------------------------------------- random shapes
 
 
+def label_values(labels: np.ndarray) -> np.ndarray:
+    """The sorted labels present in a map of non-negative integers: np.unique's answer, 50x faster on uint16 maps."""
+    return np.flatnonzero(np.bincount(labels.ravel()))
+
+
 def _ellipsoid(shape, centre, radii, rotation=None) -> np.ndarray:
     grid = np.indices(shape, dtype=np.float32).reshape(3, -1) - np.asarray(centre, dtype=np.float32)[:, None]
     if rotation is not None:
@@ -76,7 +82,10 @@ def smooth_noise(rng: np.random.Generator, shape, sigma: float) -> np.ndarray:
     factor = max(1, int(sigma // 2))
     coarse = rng.normal(size=[max(2, -(-n // factor)) for n in shape]).astype(np.float32)
     coarse = ndimage.gaussian_filter(coarse, sigma / factor)
-    field_ = ndimage.zoom(coarse, [n / c for n, c in zip(shape, coarse.shape)], order=1)[: shape[0], : shape[1], : shape[2]]
+    # trilinear with corners on corners, as ndimage.zoom(order=1) does, but 8x faster on one core, and
+    # without the zero planes zoom leaves where rounding puts the last sample past the edge
+    field_ = torch.nn.functional.interpolate(torch.from_numpy(coarse)[None, None], size=tuple(int(n) for n in shape),
+                                             mode="trilinear", align_corners=True)[0, 0].numpy()
     return (field_ - field_.mean()) / (field_.std() + 1e-6)
 
 
@@ -87,7 +96,7 @@ def blob(rng: np.random.Generator, shape) -> np.ndarray:
     centre = rng.uniform(radii * 0.8, shape_arr - radii * 0.8)
     envelope = _ellipsoid(shape, centre, radii * 1.3, _rotation(rng))
     noise = smooth_noise(rng, shape, sigma=float(rng.uniform(3, 8)))
-    dist = np.sqrt((((np.indices(shape).T - centre) / radii) ** 2).sum(-1)).T
+    dist = np.sqrt(sum(((axis - c) / r) ** 2 for axis, c, r in zip(np.ogrid[tuple(slice(0, n) for n in shape)], centre, radii)))
     mask = envelope & (noise * rng.uniform(0.2, 0.6) + 1.0 - dist > 0)
     return _largest(mask)
 

@@ -21,7 +21,7 @@ from inference.harness.simulated_user import Click, simulate_click
 from inference.model import Model
 from inference.segment import Effort, network_input, prepare, prompt_bounds, segment_class
 
-from .label_maps import LabelSources, random_shapes
+from .label_maps import LabelSources, label_values, random_shapes
 from .synthesis import crop_around, render_image, reorient, rotate_and_scale, thick_slices
 
 LABEL = 1  # the target is always class 0 = label 1 of its case
@@ -68,7 +68,7 @@ def draw_volume(rng: np.random.Generator, sources: LabelSources, recipe: Recipe)
         else:
             side = rng.integers(recipe.min_side, recipe.max_side + 1, size=3)
             labels, source = random_shapes(rng, tuple(int(s) for s in side)), "shapes"
-        present = np.unique(labels)
+        present = label_values(labels)
         present = present[present > 0]
         if source == "shapes":
             present = present[present <= FIRST_TARGET_LABEL_ABOVE]

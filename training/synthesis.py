@@ -12,12 +12,12 @@ from batchgenerators.augmentations.utils import (create_zero_centered_coordinate
                                                  rotate_coords_3d, scale_coords)
 from scipy import ndimage
 
-from .label_maps import smooth_noise
+from .label_maps import label_values, smooth_noise
 
 
 def render_image(labels: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     """A random-contrast uint8 image of a label map."""
-    values, inverse = np.unique(labels, return_inverse=True)
+    values = label_values(labels)
     means = rng.uniform(0, 1, size=len(values)).astype(np.float32)
     if rng.random() < 0.4:  # few contrasts: neighbours often look alike
         groups = rng.integers(0, int(rng.integers(2, 5)), size=len(values))
@@ -25,8 +25,9 @@ def render_image(labels: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     if values[0] == 0 and rng.random() < 0.6:  # background is often dark (air, outside the body)
         means[0] = rng.uniform(0, 0.1)
     stds = rng.uniform(0.0, 0.08, size=len(values)).astype(np.float32)
-    inverse = inverse.reshape(labels.shape)
-    image = means[inverse] + stds[inverse] * rng.normal(size=labels.shape).astype(np.float32)
+    mean_of, std_of = (np.zeros(int(values[-1]) + 1, dtype=np.float32) for _ in range(2))
+    mean_of[values], std_of[values] = means, stds
+    image = mean_of[labels] + std_of[labels] * rng.normal(size=labels.shape).astype(np.float32)
     if rng.random() < 0.5:  # texture
         image += 0.05 * rng.uniform(0, 1) * smooth_noise(rng, labels.shape, float(rng.uniform(1, 3)))
     if rng.random() < 0.7:  # bias field
