@@ -26,7 +26,9 @@ SPEC_FILE = "model.json"
 OUTPUT_HEADS = {"sigmoid": 1, "softmax2": 2}
 # "segfm": our field of view and prompt drawing; "nninteractive": the reference session's (nninteractive_view.py)
 PIPELINES = ("segfm", "nninteractive")
-PROMPT_SETTINGS = ("box", "clicks")  # the case has boxes / it has clicks only (the challenge's --no-box)
+# the case has boxes / it has clicks only (the challenge's --no-box) / the lone first click of a no-box case,
+# whose extent is the least known (without its own offset it takes the "clicks" one)
+PROMPT_SETTINGS = ("box", "clicks", "first_click")
 
 
 @dataclass(frozen=True)
@@ -46,8 +48,12 @@ class ModelSpec:
     # chosen on tuning cases by training/calibrate.py
     margin_offset: dict[str, float] = field(default_factory=dict)
 
-    def offset(self, has_box: bool) -> float:
-        return self.margin_offset.get("box" if has_box else "clicks", 0.0)
+    def offset(self, has_box: bool, interactions: int = 0) -> float:
+        """The logit offset for a class prompted with (or without) a box and `interactions` clicks so far."""
+        if has_box:
+            return self.margin_offset.get("box", 0.0)
+        clicks = self.margin_offset.get("clicks", 0.0)
+        return self.margin_offset.get("first_click", clicks) if interactions == 1 else clicks
 
 
 def raw_spec(folder: Path) -> dict:

@@ -125,6 +125,13 @@ def test_margin_offset_is_per_prompt_setting_and_moves_the_probability(tmp_path)
     torch.testing.assert_close(model.probability(x, 1.5), torch.sigmoid(model.margin(x) + 1.5))
 
 
+def test_first_click_offset_applies_to_the_lone_first_click_without_a_box_and_defaults_to_the_clicks_one(tmp_path):
+    spec = read_spec(write_spec(tmp_path, tiny_spec(margin_offset={"box": 1.0, "clicks": 0.5, "first_click": -1.0})))
+    assert [spec.offset(True, 1), spec.offset(False, 1), spec.offset(False, 2), spec.offset(False, 0)] == [1.0, -1.0, 0.5, 0.5]
+    spec = read_spec(write_spec(tmp_path, tiny_spec(margin_offset={"clicks": 0.5})))
+    assert spec.offset(False, 1) == 0.5
+
+
 @pytest.mark.parametrize(
     "override,field",
     [

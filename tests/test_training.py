@@ -398,8 +398,9 @@ def test_calibration_ranks_offsets_by_their_scores_and_writes_the_chosen_one(tmp
     assert model.spec.margin_offset == read_spec(folder).margin_offset  # the offsets tried are not left behind
     assert (best, worst) == (0.0, -30.0)  # -30: nothing but the clicked voxels is foreground
     assert best_scores["DSC_AUC"] > 2.0 > worst_scores["DSC_AUC"]
+    before = read_spec(folder).margin_offset
     write_offsets(folder, {"box": 0.75})
-    assert read_spec(folder).margin_offset == {"box": 0.75}
+    assert read_spec(folder).margin_offset == {**before, "box": 0.75}  # the other settings kept
     assert json.loads((folder / "model.json").read_text())["patch_size"] == model.spec.patch_size  # the rest kept
 
 

@@ -1,12 +1,13 @@
 """A model's margin offsets, chosen on tuning cases (never the validation ones) and written into its model.json.
 
     .venv/bin/python -m training.calibrate cases OUT_CASES                  # the validation recipe, another seed, no MNI152
-    .venv/bin/python -m training.calibrate run OUT_CASES MODEL_DIR [--box 0 0.5 1 1.5] [--clicks 0 -0.5 -1] [--write]
+    .venv/bin/python -m training.calibrate run OUT_CASES MODEL_DIR [--box 0 0.5 1 1.5] [--clicks 0 -0.5 -1] [--first-click 0 -1] [--write]
 
 `run` replays the official protocol in this process (the container's `predict.run`, no time
 budget) for every offset of each prompt setting, and scores an offset by the mean of DSC_AUC and
-NSD_AUC over the cases. With `--write` the best offset of each setting goes into MODEL_DIR/model.json
-(`margin_offset`), which the container adds to the network's foreground logit.
+NSD_AUC over the cases; one setting at a time, the others as MODEL_DIR/model.json has them. With
+`--write` the best offset of each setting goes into MODEL_DIR/model.json (`margin_offset`), which the
+container adds to the network's foreground logit.
 """
 from __future__ import annotations
 
@@ -61,7 +62,7 @@ def calibrate(model: Model, cases: list[Path], offsets: dict[str, list[float]], 
     table, spec = {}, model.spec
     try:
         for setting, candidates in offsets.items():
-            loaded = [load_training_case(path, no_box=setting == "clicks") for path in cases]
+            loaded = [load_training_case(path, no_box=setting != "box") for path in cases]
             rows = [(offset, score(model, loaded, setting, offset, workdir)) for offset in candidates]
             table[setting] = sorted(rows, key=lambda r: -(r[1]["DSC_AUC"] + r[1]["NSD_AUC"]) / 2)
     finally:
@@ -89,6 +90,8 @@ def main(argv: list[str] | None = None) -> None:
     r.add_argument("model", type=Path)
     r.add_argument("--box", nargs="*", type=float, default=[0.0, 0.5, 1.0, 1.5], help="offsets tried with boxes")
     r.add_argument("--clicks", nargs="*", type=float, default=[0.0, -0.5, -1.0], help="offsets tried without")
+    r.add_argument("--first_click", "--first-click", nargs="*", type=float, default=[0.0, -1.0],
+                   help="offsets tried for the lone first click without a box")
     r.add_argument("--write", action="store_true", help="write the best offsets into MODEL/model.json")
     args = parser.parse_args(argv)
     if args.command == "cases":
@@ -101,7 +104,7 @@ def main(argv: list[str] | None = None) -> None:
         table = calibrate(model, cases, {s: getattr(args, s) for s in PROMPT_SETTINGS if getattr(args, s)}, Path(tmp))
     for setting, rows in table.items():
         for offset, scores in rows:
-            print(f"{setting:6s} offset {offset:+.2f}: DSC_AUC {scores['DSC_AUC']:.3f} NSD_AUC {scores['NSD_AUC']:.3f}")
+            print(f"{setting:11s} offset {offset:+.2f}: DSC_AUC {scores['DSC_AUC']:.3f} NSD_AUC {scores['NSD_AUC']:.3f}")
     best = {setting: rows[0][0] for setting, rows in table.items()}
     print(f"best: {best}")
     if args.write:
