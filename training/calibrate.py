@@ -11,7 +11,6 @@ container adds to the network's foreground logit.
 """
 from __future__ import annotations
 
-import argparse
 import contextlib
 import dataclasses
 import json
@@ -26,7 +25,7 @@ from inference.harness.metrics import auc
 from inference.harness.protocol import TrainingCase, load_training_case, replay_case
 from inference.model import PROMPT_SETTINGS, SPEC_FILE, Model, load_model
 
-from .validate import write_validation_cases
+from .validate import case_tool_parser, write_validation_cases
 
 TUNING_SEED = 2_000_003  # neither the validation seed nor a training draw
 
@@ -81,12 +80,7 @@ def write_offsets(folder: Path, offsets: dict[str, float]) -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    sub = parser.add_subparsers(dest="command", required=True)
-    c = sub.add_parser("cases")
-    c.add_argument("out", type=Path)
-    r = sub.add_parser("run")
-    r.add_argument("cases", type=Path)
+    parser, r = case_tool_parser(__doc__.splitlines()[0])
     r.add_argument("model", type=Path)
     r.add_argument("--box", nargs="*", type=float, default=[0.0, 0.5, 1.0, 1.5], help="offsets tried with boxes")
     r.add_argument("--clicks", nargs="*", type=float, default=[0.0, -0.5, -1.0], help="offsets tried without")

@@ -154,13 +154,19 @@ def table(results: dict[tuple[str, bool], list[dict]]) -> str:
     return "\n".join(lines)
 
 
-def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def case_tool_parser(description: str) -> tuple[argparse.ArgumentParser, argparse.ArgumentParser]:
+    """A tool over a set of cases: `cases OUT` writes them, `run CASES ...` uses them; the parser, and the `run`
+    sub-parser for the tool's own arguments."""
+    parser = argparse.ArgumentParser(description=description)
     sub = parser.add_subparsers(dest="command", required=True)
-    c = sub.add_parser("cases")
-    c.add_argument("out", type=Path)
-    r = sub.add_parser("run")
-    r.add_argument("cases", type=Path)
+    sub.add_parser("cases").add_argument("out", type=Path)
+    run = sub.add_parser("run")
+    run.add_argument("cases", type=Path)
+    return parser, run
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser, r = case_tool_parser(__doc__.splitlines()[0])
     r.add_argument("out", type=Path)
     r.add_argument("--model", type=Path, help="model folder (default: the container's default)")
     r.add_argument("--only", nargs="+", choices=PREDICTORS, default=list(PREDICTORS),
