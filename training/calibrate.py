@@ -57,12 +57,14 @@ def score(model: Model, cases: list[TrainingCase], setting: str, offset: float, 
 def calibrate(model: Model, cases: list[Path], offsets: dict[str, list[float]], workdir: Path) -> dict[str, list]:
     """Per setting: [(offset, scores)] for every offset tried, best first (mean of DSC_AUC and NSD_AUC).
 
-    The model's spec is as before afterwards; each case is read once per setting."""
-    table, spec = {}, model.spec
+    The model's spec is as before afterwards; each case is read once with boxes and once without."""
+    table, spec, loaded = {}, model.spec, {}
     try:
         for setting, candidates in offsets.items():
-            loaded = [load_training_case(path, no_box=setting != "box") for path in cases]
-            rows = [(offset, score(model, loaded, setting, offset, workdir)) for offset in candidates]
+            no_box = setting != "box"  # `clicks` and `first_click` replay the same no-box cases
+            if no_box not in loaded:
+                loaded[no_box] = [load_training_case(path, no_box=no_box) for path in cases]
+            rows = [(offset, score(model, loaded[no_box], setting, offset, workdir)) for offset in candidates]
             table[setting] = sorted(rows, key=lambda r: -(r[1]["DSC_AUC"] + r[1]["NSD_AUC"]) / 2)
     finally:
         model.spec = spec
