@@ -118,7 +118,26 @@ class PatchOverMask:
         return out
 
 
-ClassProbability = PatchProbability | MaskProbability | PatchOverMask | BlockMask
+@dataclass(frozen=True)
+class PatchWithinMask:
+    """A network patch allowed to keep or remove the class's previous mask but not to add to it."""
+
+    patch: PatchProbability
+    mask: MaskProbability
+
+    @property
+    def label(self) -> int:
+        return self.patch.label
+
+    def region(self, shape) -> list[list[int]] | None:
+        parts = [self.patch.region(shape), self.mask.region(shape)]
+        return _overlap(*parts) if all(parts) else None
+
+    def values(self, region: list[list[int]]) -> torch.Tensor:
+        return self.patch.values(region) * self.mask.values(region)
+
+
+ClassProbability = PatchProbability | MaskProbability | PatchOverMask | PatchWithinMask | BlockMask
 
 
 def label_dtype(max_label: int) -> np.dtype:

@@ -8,7 +8,7 @@ import torch
 import inference.fusion as fusion
 from inference.case_io import ClassPrompt
 from inference.field_of_view import FieldOfView, upsample_region
-from inference.fusion import MaskProbability, PatchProbability, apply_clicks, fuse_classes
+from inference.fusion import MaskProbability, PatchProbability, PatchWithinMask, apply_clicks, fuse_classes
 
 
 # ----------------------------------------------------------------------------- helpers
@@ -268,6 +268,28 @@ def test_slab_processing_gives_the_one_slab_result(monkeypatch, slab_voxels):
 
 
 # ----------------------------------------------------------------------------- apply_clicks
+
+
+def test_patch_within_mask_keeps_only_voxels_of_both():
+    shape = (12, 12, 12)
+    prev = np.zeros(shape, dtype=np.uint8)
+    prev[2:6, 3:9, 3:9] = 1
+    probs = torch.full((6, 6, 6), 0.9)
+    probs[:, :, :1] = 0.2  # the network drops the patch's first x column (volume x = 4)
+    patch = PatchProbability(1, FieldOfView((4, 4, 4), 6, 6), probs)
+    labels = fuse_classes(shape, [PatchWithinMask(patch, MaskProbability(1, [[2, 6], [3, 9], [3, 9]], prev))])
+    expected = np.zeros(shape, dtype=bool)
+    expected[4:6, 4:9, 5:9] = True
+    np.testing.assert_array_equal(labels == 1, expected)
+
+
+def test_patch_within_mask_disjoint_from_the_mask_answers_nothing():
+    prev = np.zeros((12, 12, 12), dtype=np.uint8)
+    prev[0:2, 0:2, 0:2] = 1
+    patch = PatchProbability(1, FieldOfView((6, 6, 6), 6, 6), torch.full((6, 6, 6), 0.9))
+    within = PatchWithinMask(patch, MaskProbability(1, [[0, 2], [0, 2], [0, 2]], prev))
+    assert within.region(prev.shape) is None
+    assert not fuse_classes(prev.shape, [within]).any()
 
 
 def test_fg_click_sets_label():

@@ -401,6 +401,31 @@ def test_a_box_class_answers_nothing_outside_the_boxs_slices_clicks_do_not(model
     assert z.min() < 20 - 5 and z.max() > 20 + 5
 
 
+def test_a_negative_click_without_a_box_only_removes_from_the_previous_prediction(model, monkeypatch):
+    monkeypatch.setattr(Model, "probability", lambda self, x, offset=0.0: torch.ones((PATCH,) * 3) * 0.9)  # all foreground
+    shape = (30, 32, 34)
+    prev = np.zeros(shape, dtype=np.uint8)
+    prev[10:16, 10:16, 10:16] = 1
+    prev[12, 12, 12] = 2  # another class's voxel stays out of class 1's mask
+    negative = ClassPrompt(1, fg=np.array([[12, 13, 13]]), bg=np.array([[15, 15, 15]]), order=("fg", "bg"))
+    labels = fuse_classes(shape, [segment_class(model, prepare(make_case(shape, [negative], prev), model), negative).probability])
+    np.testing.assert_array_equal(labels == 1, prev == 1)
+    # a positive click, or a negative one with a box, lets the network add (here: the whole patch)
+    positive = replace(negative, order=("bg", "fg"))
+    boxed = replace(negative, box=Box((10, 10, 10), (15, 15, 15), 12))
+    for prompt in (positive, boxed):
+        outcome = segment_class(model, prepare(make_case(shape, [prompt], prev), model), prompt)
+        assert isinstance(outcome.probability, PatchProbability)
+        assert (fuse_classes(shape, [outcome.probability]) == 1).sum() > 2 * (prev == 1).sum()
+
+
+def test_a_negative_click_without_a_previous_mask_is_left_to_the_network(model, monkeypatch):
+    monkeypatch.setattr(Model, "probability", lambda self, x, offset=0.0: torch.ones((PATCH,) * 3) * 0.9)
+    prompt = ClassPrompt(1, fg=np.array([[12, 13, 13]]), bg=np.array([[15, 15, 15]]), order=("fg", "bg"))
+    outcome = segment_class(model, prepare(make_case(prompts=[prompt]), model), prompt)
+    assert isinstance(outcome.probability, PatchProbability)
+
+
 @pytest.mark.parametrize("max_zoom,zooms", [(4, [1.0, 1.5, 2.25, 3.375, 4.0]), (2, [1.0, 1.5, 2.0])])
 def test_clicks_class_with_full_output_zooms_out_until_max_zoom(tmp_path, monkeypatch, max_zoom, zooms):
     model = tiny_model(tmp_path / "m", max_zoom=max_zoom)
