@@ -41,6 +41,8 @@ class Recipe:
     p_rotate: float = 0.3
     max_angle: float = 0.5  # radians
     scale_range: tuple[float, float] = (0.75, 1.3)
+    # structures of one synthesised volume that become samples: synthesis is most of a sample's cost
+    targets_per_volume: int = 1
 
     @classmethod
     def from_config(cls, data: dict) -> "Recipe":
@@ -84,6 +86,21 @@ def draw_volume(rng: np.random.Generator, sources: LabelSources, recipe: Recipe)
             continue
         return TrainingVolume(render_image(labels, rng), truth, (float(k), 1.0, 1.0), source, labels)
     raise RuntimeError("no usable target in 20 draws")
+
+
+def other_target(volume: TrainingVolume, rng: np.random.Generator) -> TrainingVolume:
+    """The same volume with another of its structures as the target (the same one if it has no other)."""
+    if volume.labels is None:
+        return volume
+    counts = np.bincount(volume.labels.ravel())
+    current = int(volume.labels[np.unravel_index(np.argmax(volume.truth), volume.truth.shape)])
+    usable = np.flatnonzero(counts >= MIN_TARGET_VOXELS)
+    usable = usable[(usable > 0) & (usable != current)]
+    if volume.source == "shapes":
+        usable = usable[usable <= FIRST_TARGET_LABEL_ABOVE]
+    if len(usable) == 0:
+        return volume
+    return replace(volume, truth=volume.labels == int(usable[rng.integers(len(usable))]))
 
 
 def first_prompt(volume: TrainingVolume, rng: np.random.Generator, with_box: bool) -> ClassPrompt:
@@ -202,12 +219,24 @@ def sample_rng(seed: int, step: int, index: int) -> np.random.Generator:
     return np.random.default_rng([seed, step, index])
 
 
-def draw_sample(model: Model, sources: LabelSources, recipe: Recipe, prompting: dict,
-                seed: int, step: int, index: int) -> Sample:
-    """Sample `index` of training step `step`: a fresh volume, prompted against `model`'s own errors."""
+def draw_samples(model: Model, sources: LabelSources, recipe: Recipe, prompting: dict,
+                 seed: int, step: int, first: int, count: int = 1) -> list[Sample]:
+    """Samples `first` .. `first + count - 1` of training step `step`: one fresh volume, and as
+    many of its structures as targets, each prompted against `model`'s own errors."""
     t0 = time.perf_counter()
-    rng = sample_rng(seed, step, index)
+    rng = sample_rng(seed, step, first)
     volume = draw_volume(rng, sources, recipe)
-    t1 = time.perf_counter()
-    sample = prompted_sample(model, volume, rng, prompting)
-    return replace(sample, volume_seconds=t1 - t0, seconds=time.perf_counter() - t0)
+    volume_seconds = time.perf_counter() - t0
+    samples = []
+    for k in range(count):
+        t1 = time.perf_counter()
+        volume = other_target(volume, rng) if k else volume
+        sample = prompted_sample(model, volume, rng, prompting)
+        shared = volume_seconds if k == 0 else 0.0  # the volume's cost is counted once, on its first sample
+        samples.append(replace(sample, volume_seconds=shared, seconds=shared + time.perf_counter() - t1))
+    return samples
+
+
+def volume_groups(size: int, per_volume: int) -> list[tuple[int, int]]:
+    """A batch of `size` samples as (first sample, count) per volume drawn."""
+    return [(first, min(per_volume, size - first)) for first in range(0, size, max(per_volume, 1))]
