@@ -129,6 +129,7 @@ def test_another_target_of_the_same_volume_is_a_different_usable_structure():
     labels[10:14, 10:14, 10:14] = 2
     labels[15, 15, 15:18] = 3  # below MIN_TARGET_VOXELS: never a target
     labels[8:12, 2:6, 2:6] = FIRST_TARGET_LABEL_ABOVE + 1  # texture in a shapes volume
+    labels[0:4, 14:20, 14:20] = 4  # cut by the volume's border: only when no whole structure is left
     volume = TrainingVolume(np.zeros(labels.shape, np.uint8), labels == 1, (1.0, 1.0, 1.0), "shapes", labels)
     rng = np.random.default_rng(0)
     for _ in range(10):
@@ -136,6 +137,8 @@ def test_another_target_of_the_same_volume_is_a_different_usable_structure():
     atlas = TrainingVolume(volume.image, labels == 1, volume.spacing, "atlas", labels)
     chosen = {int(labels[other_target(atlas, rng).truth][0]) for _ in range(30)}
     assert chosen == {2, FIRST_TARGET_LABEL_ABOVE + 1}
+    cut = TrainingVolume(volume.image, labels == 2, volume.spacing, "shapes", np.where(labels % 2 == 0, labels, 0))
+    np.testing.assert_array_equal(other_target(cut, rng).truth, labels == 4)
     alone = TrainingVolume(volume.image, labels == 2, volume.spacing, "shapes", np.where(labels == 2, 2, 0))
     assert other_target(alone, rng) is alone
 

@@ -98,9 +98,18 @@ def other_target(volume: TrainingVolume, rng: np.random.Generator) -> TrainingVo
     usable = usable[(usable > 0) & (usable != current)]
     if volume.source == "shapes":
         usable = usable[usable <= FIRST_TARGET_LABEL_ABOVE]
+    # whole structures first: the crop was made around the first target and cuts many of the others
+    whole = usable[~np.isin(usable, border_labels(volume.labels))]
+    usable = whole if len(whole) else usable
     if len(usable) == 0:
         return volume
     return replace(volume, truth=volume.labels == int(usable[rng.integers(len(usable))]))
+
+
+def border_labels(labels: np.ndarray) -> np.ndarray:
+    """The labels on the volume's six faces."""
+    faces = [labels.take(end, axis=axis).ravel() for axis in range(3) for end in (0, -1)]
+    return np.unique(np.concatenate(faces))
 
 
 def first_prompt(volume: TrainingVolume, rng: np.random.Generator, with_box: bool) -> ClassPrompt:
