@@ -147,6 +147,8 @@ def test_volume_groups_split_a_batch_into_volumes():
     assert volume_groups(8, 1) == [(i, 1) for i in range(8)]
     assert volume_groups(8, 3) == [(0, 3), (3, 3), (6, 2)]
     assert volume_groups(2, 4) == [(0, 2)]
+    with pytest.raises(ValueError, match="targets_per_volume"):
+        Recipe(targets_per_volume=0)
 
 
 def test_one_volume_gives_several_samples_with_their_own_targets(tmp_path, monkeypatch):

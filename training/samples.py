@@ -44,6 +44,10 @@ class Recipe:
     # structures of one synthesised volume that become samples: synthesis is most of a sample's cost
     targets_per_volume: int = 1
 
+    def __post_init__(self) -> None:
+        if self.targets_per_volume < 1:
+            raise ValueError(f"targets_per_volume must be at least 1, got {self.targets_per_volume}")
+
     @classmethod
     def from_config(cls, data: dict) -> "Recipe":
         """The recipe of a config's "data" block (JSON lists become tuples)."""
@@ -70,10 +74,7 @@ def draw_volume(rng: np.random.Generator, sources: LabelSources, recipe: Recipe)
         else:
             side = rng.integers(recipe.min_side, recipe.max_side + 1, size=3)
             labels, source = random_shapes(rng, tuple(int(s) for s in side)), "shapes"
-        present = label_values(labels)
-        present = present[present > 0]
-        if source == "shapes":
-            present = present[present <= FIRST_TARGET_LABEL_ABOVE]
+        present = target_labels(label_values(labels), source)
         if len(present) == 0:
             continue
         target = int(present[rng.integers(len(present))])
@@ -88,16 +89,20 @@ def draw_volume(rng: np.random.Generator, sources: LabelSources, recipe: Recipe)
     raise RuntimeError("no usable target in 20 draws")
 
 
+def target_labels(present: np.ndarray, source: str) -> np.ndarray:
+    """Of the labels `present` in a `source` label map, those a sample may take as its target."""
+    present = present[present > 0]
+    return present[present <= FIRST_TARGET_LABEL_ABOVE] if source == "shapes" else present
+
+
 def other_target(volume: TrainingVolume, rng: np.random.Generator) -> TrainingVolume:
     """The same volume with another of its structures as the target (the same one if it has no other)."""
     if volume.labels is None:
         return volume
     counts = np.bincount(volume.labels.ravel())
     current = int(volume.labels[np.unravel_index(np.argmax(volume.truth), volume.truth.shape)])
-    usable = np.flatnonzero(counts >= MIN_TARGET_VOXELS)
-    usable = usable[(usable > 0) & (usable != current)]
-    if volume.source == "shapes":
-        usable = usable[usable <= FIRST_TARGET_LABEL_ABOVE]
+    usable = target_labels(np.flatnonzero(counts >= MIN_TARGET_VOXELS), volume.source)
+    usable = usable[usable != current]
     # whole structures first: the crop was made around the first target and cuts many of the others
     whole = usable[~np.isin(usable, border_labels(volume.labels))]
     usable = whole if len(whole) else usable
@@ -248,4 +253,4 @@ def draw_samples(model: Model, sources: LabelSources, recipe: Recipe, prompting:
 
 def volume_groups(size: int, per_volume: int) -> list[tuple[int, int]]:
     """A batch of `size` samples as (first sample, count) per volume drawn."""
-    return [(first, min(per_volume, size - first)) for first in range(0, size, max(per_volume, 1))]
+    return [(first, min(per_volume, size - first)) for first in range(0, size, per_volume)]
