@@ -26,9 +26,10 @@ SPEC_FILE = "model.json"
 OUTPUT_HEADS = {"sigmoid": 1, "softmax2": 2}
 # "segfm": our field of view and prompt drawing; "nninteractive": the reference session's (nninteractive_view.py)
 PIPELINES = ("segfm", "nninteractive")
-# the case has boxes / it has clicks only (the challenge's --no-box) / the lone first click of a no-box case,
-# whose extent is the least known (without its own offset it takes the "clicks" one)
-PROMPT_SETTINGS = ("box", "clicks", "first_click")
+# the case has boxes / a box bigger than the patch, seen zoomed out (without its own offset it takes the "box" one) /
+# it has clicks only (the challenge's --no-box) / the lone first click of a no-box case, whose extent is the least
+# known (without its own offset it takes the "clicks" one)
+PROMPT_SETTINGS = ("box", "zoomed_box", "clicks", "first_click")
 
 
 @dataclass(frozen=True)
@@ -48,10 +49,12 @@ class ModelSpec:
     # chosen on tuning cases by training/calibrate.py
     margin_offset: dict[str, float] = field(default_factory=dict)
 
-    def offset(self, has_box: bool, interactions: int = 0) -> float:
-        """The logit offset for a class prompted with (or without) a box and `interactions` clicks so far."""
+    def offset(self, has_box: bool, interactions: int = 0, zoomed: bool = False) -> float:
+        """The logit offset for a class prompted with (or without) a box and `interactions` clicks so far,
+        on a field of view that is `zoomed` out or not."""
         if has_box:
-            return self.margin_offset.get("box", 0.0)
+            box = self.margin_offset.get("box", 0.0)
+            return self.margin_offset.get("zoomed_box", box) if zoomed else box
         clicks = self.margin_offset.get("clicks", 0.0)
         return self.margin_offset.get("first_click", clicks) if interactions == 1 else clicks
 

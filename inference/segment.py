@@ -133,7 +133,7 @@ def segment_class(model: Model, prepared: PreparedCase, prompt: ClassPrompt,
     effort = effort or Effort(model.spec.patch_size)
     fov = fit(bounds, effort.patch)
     t0 = time.monotonic()
-    offset = model.spec.offset(prompt.box is not None, len(prompt.order))
+    offset = model.spec.offset(prompt.box is not None, len(prompt.order), zoomed=fov.zoom > 1)
     x = network_input(model, prepared, prompt, fov)
     probs = model.probability(x, offset)
     passes, pass_seconds = 1, time.monotonic() - t0

@@ -132,6 +132,14 @@ def test_first_click_offset_applies_to_the_lone_first_click_without_a_box_and_de
     assert spec.offset(False, 1) == 0.5
 
 
+def test_a_box_seen_zoomed_out_takes_the_zoomed_box_offset_else_the_box_one(tmp_path):
+    spec = read_spec(write_spec(tmp_path, tiny_spec(margin_offset={"box": 1.0, "zoomed_box": 0.0, "clicks": 0.5})))
+    assert [spec.offset(True, 0), spec.offset(True, 0, zoomed=True), spec.offset(True, 3, zoomed=True),
+            spec.offset(False, 2, zoomed=True)] == [1.0, 0.0, 0.0, 0.5]
+    spec = read_spec(write_spec(tmp_path, tiny_spec(margin_offset={"box": 1.0})))
+    assert spec.offset(True, 0, zoomed=True) == 1.0
+
+
 @pytest.mark.parametrize(
     "override,field",
     [

@@ -322,13 +322,15 @@ def test_done_class_without_previous_prediction_runs_the_network(model, monkeypa
 def test_the_lone_first_click_gets_the_first_click_offset_and_later_rounds_the_clicks_one(model, monkeypatch):
     offsets = []
     monkeypatch.setattr(Model, "probability", lambda self, x, offset=0.0: offsets.append(offset) or torch.zeros((PATCH,) * 3))
-    monkeypatch.setattr(model, "spec", replace(model.spec, margin_offset={"box": 2.0, "clicks": 0.5, "first_click": -1.0}))
+    monkeypatch.setattr(model, "spec", replace(model.spec, margin_offset={"box": 2.0, "zoomed_box": 0.25, "clicks": 0.5,
+                                                                          "first_click": -1.0}))
     first = ClassPrompt(1, fg=np.array([[10, 10, 10]]), order=("fg",))
     second = ClassPrompt(1, fg=np.array([[10, 10, 10]]), bg=np.array([[12, 12, 12]]), order=("fg", "bg"))
     boxed = ClassPrompt(1, box=Box((9, 9, 9), (15, 15, 15), 12), fg=np.array([[10, 10, 10]]), order=("fg",))
-    for prompt in (first, second, boxed):
+    big_box = ClassPrompt(1, box=Box((2, 3, 5), (22, 20, 16), 12))  # extent 21 > patch 16: seen zoomed out
+    for prompt in (first, second, boxed, big_box):
         segment_class(model, prepare(make_case(prompts=[prompt]), model), prompt, segment.Effort(PATCH, max_passes=1))
-    assert offsets == [-1.0, 0.5, 2.0]
+    assert offsets == [-1.0, 0.5, 2.0, 0.25]
 
 
 def test_class_with_new_clicks_and_previous_prediction_runs_the_network(model, monkeypatch):

@@ -143,6 +143,24 @@ def test_another_target_of_the_same_volume_is_a_different_usable_structure():
     assert other_target(alone, rng) is alone
 
 
+def test_merged_regions_are_unions_of_whole_neighbouring_regions():
+    from training.validate import merged_regions
+
+    labels = np.zeros((8, 40, 40), dtype=np.uint16)
+    for i in range(4):
+        for j in range(4):
+            labels[:, 10 * i:10 * i + 10, 10 * j:10 * j + 10] = 1 + 4 * i + j  # a 4x4 grid of regions
+    merged = merged_regions(labels, np.random.default_rng(0), groups=4, k=2)
+    assert sorted(np.unique(merged).tolist()) == [0, 1, 2]
+    for value in range(1, 17):  # never splits a region
+        assert len(np.unique(merged[labels == value])) == 1
+    for label in (1, 2):
+        regions = np.unique(labels[merged == label])
+        assert 2 <= len(regions) <= 12  # several regions, not all
+        rows, cols = (regions - 1) // 4, (regions - 1) % 4
+        assert np.ptp(rows) + np.ptp(cols) <= 4  # neighbours, not scattered over the grid
+
+
 def test_volume_groups_split_a_batch_into_volumes():
     assert volume_groups(8, 1) == [(i, 1) for i in range(8)]
     assert volume_groups(8, 3) == [(0, 3), (3, 3), (6, 2)]

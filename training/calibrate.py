@@ -1,7 +1,7 @@
 """A model's margin offsets, chosen on tuning cases (never the validation ones) and written into its model.json.
 
-    .venv/bin/python -m training.calibrate cases OUT_CASES                  # the validation recipe, another seed, no MNI152
-    .venv/bin/python -m training.calibrate run OUT_CASES MODEL_DIR [--box 0 0.5 1 1.5] [--clicks 0 -0.5 -1] [--first-click 0 -1] [--write]
+    .venv/bin/python -m training.calibrate cases OUT_CASES [--large]        # the validation recipe, another seed, no MNI152
+    .venv/bin/python -m training.calibrate run OUT_CASES MODEL_DIR [--box 0 0.5 1 1.5] [--zoomed-box 0 1] [--clicks 0 -0.5 -1] [--first-click 0 -1] [--write]
 
 `run` replays the official protocol in this process (the container's `predict.run`, no time
 budget) for every offset of each prompt setting, and scores an offset by the mean of DSC_AUC and
@@ -61,7 +61,7 @@ def calibrate(model: Model, cases: list[Path], offsets: dict[str, list[float]], 
     table, spec, loaded = {}, model.spec, {}
     try:
         for setting, candidates in offsets.items():
-            no_box = setting != "box"  # `clicks` and `first_click` replay the same no-box cases
+            no_box = setting not in ("box", "zoomed_box")  # `clicks` and `first_click` replay the same no-box cases
             if no_box not in loaded:
                 loaded[no_box] = [load_training_case(path, no_box=no_box) for path in cases]
             rows = [(offset, score(model, loaded[no_box], setting, offset, workdir)) for offset in candidates]
@@ -85,13 +85,15 @@ def main(argv: list[str] | None = None) -> None:
     parser, r = case_tool_parser(__doc__.splitlines()[0])
     r.add_argument("model", type=Path)
     r.add_argument("--box", nargs="*", type=float, default=[0.0, 0.5, 1.0, 1.5], help="offsets tried with boxes")
+    r.add_argument("--zoomed_box", "--zoomed-box", nargs="*", type=float, default=[0.0, 1.0],
+                   help="offsets tried for boxes seen zoomed out (bigger than the patch)")
     r.add_argument("--clicks", nargs="*", type=float, default=[0.0, -0.5, -1.0], help="offsets tried without")
     r.add_argument("--first_click", "--first-click", nargs="*", type=float, default=[0.0, -1.0],
                    help="offsets tried for the lone first click without a box")
     r.add_argument("--write", action="store_true", help="write the best offsets into MODEL/model.json")
     args = parser.parse_args(argv)
     if args.command == "cases":
-        for path in write_validation_cases(args.out, seed=TUNING_SEED, with_mni=False):
+        for path in write_validation_cases(args.out, seed=TUNING_SEED, with_mni=False, large=args.large):
             print(path)
         return
     model = load_model(args.model, backend="auto")

@@ -8,6 +8,9 @@ Cases never seen in training (file names `MODALITY_SOURCE_i.npz`):
 - `shapes`: random shapes from a held-out seed;
 - `mniT1`: the real MNI152 2009a T1 image with its grey and white matter;
 - `cat12T1`: the real CAT12 T1 template on the atlas grid with held-out Hammers regions.
+With `cases --large`, also large structures (seen zoomed out, at zoom 1.5-2.5 for patch 96):
+`cat12big` and `hammersbig` (groups of neighbouring Hammers regions merged, on the real
+template and on a synthetic appearance) and `shapesbig` (random shapes in a 112x192x192 volume).
 `run` replays the official protocol on them with boxes and with `--no-box`, for the model and
 the floors, and writes `validation.md` (means over cases, overall and per source).
 """
@@ -65,10 +68,43 @@ def cat12_template_on_atlas_grid(data_dir: Path = DATA_DIR) -> np.ndarray:
     return np.round(np.clip(values, 0, 1) * 255).astype(np.uint8).transpose(2, 1, 0)
 
 
-def write_validation_cases(out: Path, data_dir: Path = DATA_DIR, seed: int = SEED, with_mni: bool = True) -> list[Path]:
+def merged_regions(labels: np.ndarray, rng: np.random.Generator, groups: int, k: int) -> np.ndarray:
+    """`k` structures made of neighbouring regions: the regions clustered into `groups` by their centres
+    (k-means), `k` of the clusters become labels 1..k."""
+    values = np.unique(labels[labels > 0])
+    centres = np.array(ndimage.center_of_mass(np.ones(labels.shape), labels, values))
+    means = centres[rng.choice(len(centres), groups, replace=False)]
+    for _ in range(20):
+        nearest = np.argmin(((centres[:, None] - means[None]) ** 2).sum(-1), axis=1)
+        means = np.array([centres[nearest == g].mean(0) if (nearest == g).any() else means[g] for g in range(groups)])
+    merged = np.zeros(labels.shape, dtype=np.uint8)
+    for i, g in enumerate(rng.choice(np.unique(nearest), size=k, replace=False)):
+        merged[np.isin(labels, values[nearest == g])] = i + 1
+    return merged
+
+
+def write_large_cases(out: Path, hammers: np.ndarray, template: np.ndarray, rng: np.random.Generator) -> list[Path]:
+    """Structures larger than the patch: the zoomed-out case the other sources hardly have."""
+    written = []
+    one_mm = np.asarray((1.0, 1.0, 1.0))
+    for i in range(4):
+        gts = merged_regions(hammers, rng, int(rng.integers(4, 9)), CLASSES_PER_CASE)
+        name, image = (f"MR_cat12big_{i}", template) if i < 2 else (f"MR_hammersbig_{i}", render_image(hammers, rng))
+        written.append(write_case(out / f"{name}.npz", {"imgs": image, "gts": gts, "spacing": one_mm}))
+    for i in range(2):
+        labels = random_shapes(rng, (112, 192, 192))
+        targets = [t for t in range(1, 1 + CLASSES_PER_CASE) if (labels == t).sum() >= 20]
+        written.append(write_case(out / f"CT_shapesbig_{i}.npz", {
+            "imgs": render_image(labels, rng), "gts": relabel(labels, targets), "spacing": one_mm}))
+    return written
+
+
+def write_validation_cases(out: Path, data_dir: Path = DATA_DIR, seed: int = SEED, with_mni: bool = True,
+                           large: bool = False) -> list[Path]:
     """The validation cases; another `seed` draws other regions and appearances (tuning cases, training/calibrate.py).
 
-    `with_mni=False` leaves out the MNI152 case, which is the same whatever the seed."""
+    `with_mni=False` leaves out the MNI152 case, which is the same whatever the seed; `large` adds
+    the large-structure cases (their own random stream: the others stay the same)."""
     rng = np.random.default_rng(seed)
     written = []
     hammers = read_atlas(VALIDATION_ATLAS, data_dir)
@@ -96,6 +132,8 @@ def write_validation_cases(out: Path, data_dir: Path = DATA_DIR, seed: int = SEE
         targets = pick_regions(hammers, rng, CLASSES_PER_CASE)
         written.append(write_case(out / f"MR_cat12T1_{i}.npz", {
             "imgs": template, "gts": relabel(hammers, targets), "spacing": np.asarray((1.0, 1.0, 1.0))}))
+    if large:
+        written += write_large_cases(out, hammers, template, np.random.default_rng([seed, 1]))
     return written
 
 
@@ -159,7 +197,9 @@ def case_tool_parser(description: str) -> tuple[argparse.ArgumentParser, argpars
     sub-parser for the tool's own arguments."""
     parser = argparse.ArgumentParser(description=description)
     sub = parser.add_subparsers(dest="command", required=True)
-    sub.add_parser("cases").add_argument("out", type=Path)
+    cases = sub.add_parser("cases")
+    cases.add_argument("out", type=Path)
+    cases.add_argument("--large", action="store_true", help="also the large-structure cases (`*big`)")
     run = sub.add_parser("run")
     run.add_argument("cases", type=Path)
     return parser, run
@@ -173,7 +213,7 @@ def main(argv: list[str] | None = None) -> None:
                    help="run these (the table also shows earlier runs found in OUT)")
     args = parser.parse_args(argv)
     if args.command == "cases":
-        for path in write_validation_cases(args.out):
+        for path in write_validation_cases(args.out, large=args.large):
             print(path)
         return
     for name in args.only:
