@@ -30,6 +30,7 @@ PIPELINES = ("segfm", "nninteractive")
 # it has clicks only (the challenge's --no-box) / the lone first click of a no-box case, whose extent is the least
 # known (without its own offset it takes the "clicks" one)
 PROMPT_SETTINGS = ("box", "zoomed_box", "clicks", "first_click")
+BOX_SETTINGS = ("box", "zoomed_box")  # the settings of cases that have boxes
 
 
 @dataclass(frozen=True)

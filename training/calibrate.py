@@ -23,7 +23,7 @@ import numpy as np
 from inference import predict
 from inference.harness.metrics import auc
 from inference.harness.protocol import TrainingCase, load_training_case, replay_case
-from inference.model import PROMPT_SETTINGS, SPEC_FILE, Model, load_model
+from inference.model import BOX_SETTINGS, PROMPT_SETTINGS, SPEC_FILE, Model, load_model
 
 from .validate import case_tool_parser, write_validation_cases
 
@@ -61,7 +61,7 @@ def calibrate(model: Model, cases: list[Path], offsets: dict[str, list[float]], 
     table, spec, loaded = {}, model.spec, {}
     try:
         for setting, candidates in offsets.items():
-            no_box = setting not in ("box", "zoomed_box")  # `clicks` and `first_click` replay the same no-box cases
+            no_box = setting not in BOX_SETTINGS  # `clicks` and `first_click` replay the same no-box cases
             if no_box not in loaded:
                 loaded[no_box] = [load_training_case(path, no_box=no_box) for path in cases]
             rows = [(offset, score(model, loaded[no_box], setting, offset, workdir)) for offset in candidates]

@@ -92,11 +92,15 @@ def write_large_cases(out: Path, hammers: np.ndarray, template: np.ndarray, rng:
         name, image = (f"MR_cat12big_{i}", template) if i < 2 else (f"MR_hammersbig_{i}", render_image(hammers, rng))
         written.append(write_case(out / f"{name}.npz", {"imgs": image, "gts": gts, "spacing": one_mm}))
     for i in range(2):
-        labels = random_shapes(rng, (112, 192, 192))
-        targets = [t for t in range(1, 1 + CLASSES_PER_CASE) if (labels == t).sum() >= 20]
-        written.append(write_case(out / f"CT_shapesbig_{i}.npz", {
-            "imgs": render_image(labels, rng), "gts": relabel(labels, targets), "spacing": one_mm}))
+        written.append(write_case(out / f"CT_shapesbig_{i}.npz", shapes_case(rng, (112, 192, 192))))
     return written
+
+
+def shapes_case(rng: np.random.Generator, shape: tuple[int, int, int]) -> dict:
+    """Random shapes in a volume of `shape` at 1 mm, their first classes (those of 20 voxels or more) as targets."""
+    labels = random_shapes(rng, shape)
+    targets = [t for t in range(1, 1 + CLASSES_PER_CASE) if (labels == t).sum() >= 20]
+    return {"imgs": render_image(labels, rng), "gts": relabel(labels, targets), "spacing": np.asarray((1.0, 1.0, 1.0))}
 
 
 def write_validation_cases(out: Path, data_dir: Path = DATA_DIR, seed: int = SEED, with_mni: bool = True,
@@ -118,10 +122,7 @@ def write_validation_cases(out: Path, data_dir: Path = DATA_DIR, seed: int = SEE
         written.append(write_case(out / f"MR_hammers_{i}.npz", {
             "imgs": render_image(labels, rng), "gts": relabel(labels, targets), "spacing": np.asarray(spacing)}))
     for i in range(3):
-        labels = random_shapes(rng, (64, 112, 112))
-        targets = [t for t in range(1, 1 + CLASSES_PER_CASE) if (labels == t).sum() >= 20]
-        written.append(write_case(out / f"CT_shapes_{i}.npz", {
-            "imgs": render_image(labels, rng), "gts": relabel(labels, targets), "spacing": np.asarray((1.0, 1.0, 1.0))}))
+        written.append(write_case(out / f"CT_shapes_{i}.npz", shapes_case(rng, (64, 112, 112))))
     if with_mni:
         t1, tissue = mni_tissue(data_dir)
         mni_crop = brain_crop(t1 > 0)
