@@ -46,6 +46,26 @@ class PatchProbability:
 
 
 @dataclass(frozen=True)
+class BlockProbability:
+    """Foreground probability given voxel by voxel on a block of the volume that starts at `start` (float16)."""
+
+    label: int
+    start: tuple[int, int, int]
+    probs: torch.Tensor
+
+    @classmethod
+    def from_values(cls, label: int, start: tuple[int, int, int], probs: torch.Tensor) -> "BlockProbability":
+        return cls(label, start, probs.half().clamp(max=NETWORK_P_MAX))
+
+    def region(self, shape) -> list[list[int]] | None:
+        box = [[max(s, 0), min(s + n, m)] for s, n, m in zip(self.start, self.probs.shape, shape)]
+        return box if all(a < b for a, b in box) else None
+
+    def values(self, region: list[list[int]]) -> torch.Tensor:
+        return self.probs[tuple(slice(a - s, b - s) for (a, b), s in zip(region, self.start))].float()
+
+
+@dataclass(frozen=True)
 class MaskProbability:
     """A hard mask with probability 1 inside: a kept previous prediction or a fallback box.
 
@@ -122,7 +142,7 @@ class PatchOverMask:
 class PatchWithinMask:
     """A network patch allowed to keep or remove the class's previous mask but not to add to it."""
 
-    patch: PatchProbability
+    patch: PatchProbability | BlockProbability
     mask: MaskProbability
 
     @property
@@ -137,7 +157,7 @@ class PatchWithinMask:
         return self.patch.values(region) * self.mask.values(region)
 
 
-ClassProbability = PatchProbability | MaskProbability | PatchOverMask | PatchWithinMask | BlockMask
+ClassProbability = PatchProbability | BlockProbability | MaskProbability | PatchOverMask | PatchWithinMask | BlockMask
 
 
 def label_dtype(max_label: int) -> np.dtype:

@@ -18,6 +18,7 @@ from pathlib import Path
 import torch
 
 from . import nninteractive_layout
+from .boundary import BoundaryRefinement
 from .openvino_forward import BACKENDS, Forward, compile_forward, current_ir
 from .normalisation import METHODS
 from .prompts import LOGICAL_CHANNELS, PromptEncoding
@@ -49,6 +50,7 @@ class ModelSpec:
     # logits added to the foreground margin per prompt setting (segfm pipeline): the weights' calibration,
     # chosen on tuning cases by training/calibrate.py
     margin_offset: dict[str, float] = field(default_factory=dict)
+    boundary: BoundaryRefinement | None = None  # segfm pipeline: sharpen zoomed-out answers (boundary.py)
 
     def offset(self, has_box: bool, interactions: int = 0, zoomed: bool = False) -> float:
         """The logit offset for a class prompted with (or without) a box and `interactions` clicks so far,
@@ -102,6 +104,13 @@ def read_spec(folder: str | os.PathLike, patch_size: int | None = None, box_mode
     if not isinstance(offsets, dict) or set(offsets) - set(PROMPT_SETTINGS) \
             or not all(isinstance(v, (int, float)) and math.isfinite(v) for v in offsets.values()):
         raise ValueError(f"{SPEC_FILE}: margin_offset maps {PROMPT_SETTINGS} to finite numbers, got {offsets!r}")
+    boundary = raw.get("boundary_refinement")
+    if boundary is not None and not isinstance(boundary, dict):
+        raise ValueError(f"{SPEC_FILE}: boundary_refinement must be an object or null, got {boundary!r}")
+    try:
+        boundary = BoundaryRefinement(**boundary) if boundary is not None else None
+    except TypeError as exc:
+        raise ValueError(f"{SPEC_FILE}: boundary_refinement: {exc}") from None
     return ModelSpec(
         folder=folder,
         architecture=architecture,
@@ -115,6 +124,7 @@ def read_spec(folder: str | os.PathLike, patch_size: int | None = None, box_mode
         pipeline=raw.get("pipeline", "segfm"),
         interaction_decay=decay,
         margin_offset={k: float(v) for k, v in offsets.items()},
+        boundary=boundary,
     )
 
 

@@ -2,8 +2,8 @@
 
 Every case always gets an answer of its image's shape. Each case gets a time budget (its
 share of 90 s x classes, see budget.py); classes are degraded in steps as the deadline
-nears (no AutoZoom, half patch, previous prediction or box), and a watchdog writes the best
-answer it has if a forward pass overruns.
+nears (no AutoZoom or boundary refinement, half patch, previous prediction or box), and a
+watchdog writes the best answer it has if a forward pass overruns.
 
 Exit code: 0 when every case was answered; 1 when some file could not be read at all (no
 image shape to answer with) or its answer could not be written; 2 when the model could not
@@ -96,15 +96,15 @@ def smaller_patch(model: Model, patch: int) -> int | None:
 
 
 def choose_effort(model: Model, left: float, pass_seconds: float | None, has_box: bool) -> Effort | None:
-    """Degrade in steps: full (with AutoZoom), one pass, one pass at a smaller patch, nothing."""
+    """Degrade in steps: full (AutoZoom, boundary refinement), one pass, one pass at a smaller patch, nothing."""
     patch = model.spec.patch_size
     if pass_seconds is None or left >= pass_seconds * (1 if has_box else 2):
         return Effort(patch, stop_zooming_at=time.monotonic() + left)
     if left >= pass_seconds:
-        return Effort(patch, max_passes=1)
+        return Effort(patch, max_passes=1, refine_boundary=False)
     smaller = smaller_patch(model, patch)
     if left >= pass_seconds / 6 and smaller is not None:
-        return Effort(smaller, max_passes=1)
+        return Effort(smaller, max_passes=1, refine_boundary=False)
     return None
 
 
@@ -119,13 +119,14 @@ def segment_with_retries(model: Model, prepared: PreparedCase, prompt, effort: E
         if smaller is not None:
             log(f"[{prepared.case.name}] out of memory at patch {effort.patch}: retrying at {smaller}")
             try:
-                return segment_class(model, prepared, prompt, Effort(smaller, max_passes=1))
+                return segment_class(model, prepared, prompt, Effort(smaller, max_passes=1, refine_boundary=False))
             except torch.OutOfMemoryError:
                 pass
         if model.device.type != "cpu":
             log(f"[{prepared.case.name}] out of memory again: moving the model to the CPU")
             model.to_cpu()
-            return segment_class(model, prepared, prompt, Effort(smaller or effort.patch, max_passes=1))
+            return segment_class(model, prepared, prompt,
+                                 Effort(smaller or effort.patch, max_passes=1, refine_boundary=False))
         raise
 
 

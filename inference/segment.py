@@ -9,6 +9,7 @@ import cc3d
 import numpy as np
 import torch
 
+from .boundary import refine_boundary
 from .case_io import Case, ClassPrompt
 from .field_of_view import Bounds, FieldOfView, fit, nonzero_block, points_bounds, sample_area, sample_linear, union
 from .fusion import ClassProbability, MaskProbability, PatchProbability, PatchWithinMask
@@ -31,6 +32,7 @@ class Effort:
     patch: int
     max_passes: int = 5
     stop_zooming_at: float = math.inf  # monotonic time
+    refine_boundary: bool = True  # when the model's spec asks for it (boundary.py)
 
 
 @dataclass
@@ -155,6 +157,10 @@ def segment_class(model: Model, prepared: PreparedCase, prompt: ClassPrompt,
     # the organisers' box spans exactly the object's slices: nothing of it lies outside them
     z_range = (prompt.box.lo[0], prompt.box.hi[0]) if prompt.box is not None else None
     patch = PatchProbability.from_network(prompt.label, fov, probs, z_range)
+    if model.spec.boundary is not None and effort.refine_boundary:
+        refined = refine_boundary(patch, prepared.case.image, model.spec.boundary)
+        how += ", boundary refined" if refined is not patch else ""
+        patch = refined
     if removes_only(prepared, prompt):
         return ClassOutcome(PatchWithinMask(patch, keep_previous(prepared, prompt.label)),
                             how + ", within the previous mask", passes)

@@ -14,7 +14,8 @@ previous prediction, plus the harness's simulated click per class). Each call is
 
 Stages (seconds of wall time, exclusive of nested stages): process start and exit (interpreter start to
 our first line, and after our last), imports, model load, npz read, preprocessing (statistics, crops,
-prompt channels), forward (network passes), resampling back (patch -> volume), fusion, write, other
+prompt channels), forward (network passes), resampling back (patch -> volume), boundary refinement (the
+rest of boundary.py), fusion, write, other
 (everything else: AutoZoom tests, logging, bookkeeping). The table's columns are the calls.
 """
 from __future__ import annotations
@@ -42,7 +43,7 @@ CASES = {  # name: (shape z, y, x; classes)
     "tiny": ((16, 64, 64), 2),  # for the test of this script
 }
 STAGE_ORDER = ("process start/exit", "imports", "model load", "npz read", "preprocessing", "forward",
-               "resampling back", "fusion", "write", "other")
+               "resampling back", "boundary refinement", "fusion", "write", "other")
 # (module, attribute, stage): the functions whose wall time is a stage; a nested stage's time is its own
 STAGE_FUNCTIONS = (
     ("inference.predict", "load_model", "model load"),
@@ -53,6 +54,8 @@ STAGE_FUNCTIONS = (
     ("inference.segment_nninteractive", "class_stamps", "preprocessing"),
     ("inference.model", "Model.margin", "forward"),
     ("inference.fusion", "upsample_region", "resampling back"),
+    ("inference.boundary", "upsample_region", "resampling back"),
+    ("inference.segment", "refine_boundary", "boundary refinement"),
     ("inference.segment_nninteractive", "upsampled", "resampling back"),
     ("inference.predict", "fuse_classes", "fusion"),
     ("inference.predict", "apply_clicks", "fusion"),

@@ -75,9 +75,11 @@ def test_effort_degrades_in_steps(default_model):
     patch = default_model.spec.patch_size
     full = choose_effort(default_model, 100.0, 2.0, has_box=False)
     assert full.patch == patch and full.max_passes > 1
-    assert choose_effort(default_model, 3.0, 2.0, has_box=False) == Effort(patch, max_passes=1)  # no AutoZoom
+    assert full.refine_boundary
+    # no AutoZoom, no boundary refinement
+    assert choose_effort(default_model, 3.0, 2.0, has_box=False) == Effort(patch, max_passes=1, refine_boundary=False)
     smaller = choose_effort(default_model, 1.0, 2.0, has_box=True)  # one pass on a smaller patch
-    assert smaller.max_passes == 1 and patch // 3 <= smaller.patch <= patch // 2
+    assert smaller.max_passes == 1 and patch // 3 <= smaller.patch <= patch // 2 and not smaller.refine_boundary
     assert smaller.patch % default_model.divisor == 0
     assert choose_effort(default_model, 0.1, 2.0, has_box=True) is None  # keep the previous prediction
     assert choose_effort(default_model, 0.1, None, has_box=True).patch == patch  # nothing measured yet
