@@ -50,7 +50,8 @@ def refine_boundary(patch: PatchProbability, image: np.ndarray,
     p = patch.values(region).clamp_(P_MIN, 1 - P_MIN).numpy()
     distance = upsample_region(patch_distance(patch.probs.float().numpy() > 0.5), patch.fov, region).numpy()
     crop = image[tuple(slice(lo, hi) for lo, hi in region)]
-    near = np.abs(distance) <= settings.shell
+    far = np.abs(distance)  # from the boundary, in patch voxels
+    near = far <= settings.shell
     fg = crop[near & (distance > settings.band)]
     bg = crop[near & (distance < -settings.band)]
     if len(fg) < MIN_SHELL_VOXELS or len(bg) < MIN_SHELL_VOXELS:
@@ -59,7 +60,7 @@ def refine_boundary(patch: PatchProbability, image: np.ndarray,
     if ratio is None:
         return patch
     edges, log_ratio = ratio
-    band = np.abs(distance) <= settings.band
+    band = far <= settings.band
     bins = np.clip(np.searchsorted(edges, crop[band], side="right") - 1, 0, settings.bins - 1)
     q = p[band]
     p[band] = 1 / (1 + np.exp(np.log1p(-q) - np.log(q) - log_ratio[bins]))

@@ -45,6 +45,17 @@ class PatchProbability:
         return upsample_region(self.probs.float(), self.fov, region)
 
 
+def _block_region(start, size, shape) -> list[list[int]] | None:
+    """The part inside a volume of `shape` of a block of `size` voxels placed at `start` (half-open)."""
+    box = [[max(s, 0), min(s + n, m)] for s, n, m in zip(start, size, shape)]
+    return box if all(a < b for a, b in box) else None
+
+
+def _block_slices(region: list[list[int]], start) -> tuple[slice, ...]:
+    """`region` (volume coordinates) as slices into a block placed at `start`."""
+    return tuple(slice(a - s, b - s) for (a, b), s in zip(region, start))
+
+
 @dataclass(frozen=True)
 class BlockProbability:
     """Foreground probability given voxel by voxel on a block of the volume that starts at `start` (float16)."""
@@ -58,11 +69,10 @@ class BlockProbability:
         return cls(label, start, probs.half().clamp(max=NETWORK_P_MAX))
 
     def region(self, shape) -> list[list[int]] | None:
-        box = [[max(s, 0), min(s + n, m)] for s, n, m in zip(self.start, self.probs.shape, shape)]
-        return box if all(a < b for a, b in box) else None
+        return _block_region(self.start, self.probs.shape, shape)
 
     def values(self, region: list[list[int]]) -> torch.Tensor:
-        return self.probs[tuple(slice(a - s, b - s) for (a, b), s in zip(region, self.start))].float()
+        return self.probs[_block_slices(region, self.start)].float()
 
 
 @dataclass(frozen=True)
@@ -97,12 +107,10 @@ class BlockMask:
     block: np.ndarray
 
     def region(self, shape) -> list[list[int]] | None:
-        box = [[max(s, 0), min(s + n, m)] for s, n, m in zip(self.start, self.block.shape, shape)]
-        return box if all(a < b for a, b in box) else None
+        return _block_region(self.start, self.block.shape, shape)
 
     def values(self, region: list[list[int]]) -> torch.Tensor:
-        local = tuple(slice(a - s, b - s) for (a, b), s in zip(region, self.start))
-        return torch.from_numpy(self.block[local] != 0).float()
+        return torch.from_numpy(self.block[_block_slices(region, self.start)] != 0).float()
 
 
 def _overlap(a: list[list[int]], b: list[list[int]]) -> list[list[int]] | None:

@@ -101,10 +101,10 @@ def choose_effort(model: Model, left: float, pass_seconds: float | None, has_box
     if pass_seconds is None or left >= pass_seconds * (1 if has_box else 2):
         return Effort(patch, stop_zooming_at=time.monotonic() + left)
     if left >= pass_seconds:
-        return Effort(patch, max_passes=1, refine_boundary=False)
+        return Effort.one_pass(patch)
     smaller = smaller_patch(model, patch)
     if left >= pass_seconds / 6 and smaller is not None:
-        return Effort(smaller, max_passes=1, refine_boundary=False)
+        return Effort.one_pass(smaller)
     return None
 
 
@@ -119,14 +119,13 @@ def segment_with_retries(model: Model, prepared: PreparedCase, prompt, effort: E
         if smaller is not None:
             log(f"[{prepared.case.name}] out of memory at patch {effort.patch}: retrying at {smaller}")
             try:
-                return segment_class(model, prepared, prompt, Effort(smaller, max_passes=1, refine_boundary=False))
+                return segment_class(model, prepared, prompt, Effort.one_pass(smaller))
             except torch.OutOfMemoryError:
                 pass
         if model.device.type != "cpu":
             log(f"[{prepared.case.name}] out of memory again: moving the model to the CPU")
             model.to_cpu()
-            return segment_class(model, prepared, prompt,
-                                 Effort(smaller or effort.patch, max_passes=1, refine_boundary=False))
+            return segment_class(model, prepared, prompt, Effort.one_pass(smaller or effort.patch))
         raise
 
 

@@ -34,6 +34,11 @@ class Effort:
     stop_zooming_at: float = math.inf  # monotonic time
     refine_boundary: bool = True  # when the model's spec asks for it (boundary.py)
 
+    @classmethod
+    def one_pass(cls, patch: int) -> "Effort":
+        """Short of time: a single pass (no AutoZoom) and no boundary refinement."""
+        return cls(patch, max_passes=1, refine_boundary=False)
+
 
 @dataclass
 class PreparedCase:
