@@ -28,6 +28,9 @@ class BoundaryRefinement:
     """`model.json`'s "boundary_refinement": when and how strongly intensities move a boundary."""
 
     min_zoom: float = 1.5  # below it the network's own boundary is fine enough
+    # With a box, from this zoom on (None: `min_zoom`). Without one, refining zoom-1 answers grew
+    # them into neighbours of the same intensity on the real CAT12 template (README, validation).
+    min_zoom_with_box: float | None = None
     weight: float = 1.0  # scales the intensity log-likelihood ratio
     clip: float = 4.0  # the ratio's limit, in logits (after `weight`)
     band: float = 1.5  # voxels this many patch voxels from the boundary may change
@@ -35,17 +38,25 @@ class BoundaryRefinement:
     bins: int = 32
 
     def __post_init__(self):
-        if not (self.min_zoom >= 1 and self.weight > 0 and self.clip > 0 and 0 < self.band < self.shell
-                and self.bins >= 2):
-            raise ValueError("boundary_refinement: needs min_zoom >= 1, weight > 0, clip > 0, "
+        if not (self.min_zoom >= 1 and self.box_min_zoom >= 1 and self.weight > 0 and self.clip > 0
+                and 0 < self.band < self.shell and self.bins >= 2):
+            raise ValueError("boundary_refinement: needs min_zoom and min_zoom_with_box >= 1, weight > 0, clip > 0, "
                              f"0 < band < shell and bins >= 2, got {self}")
 
+    @property
+    def box_min_zoom(self) -> float:
+        return self.min_zoom if self.min_zoom_with_box is None else self.min_zoom_with_box
 
-def refine_boundary(patch: PatchProbability, image: np.ndarray,
-                    settings: BoundaryRefinement) -> PatchProbability | BlockProbability:
+    def applies(self, zoom: float, with_box: bool) -> bool:
+        """Whether an answer seen at `zoom` (with or without a box prompt) is refined."""
+        return zoom >= (self.box_min_zoom if with_box else self.min_zoom)
+
+
+def refine_boundary(patch: PatchProbability, image: np.ndarray, settings: BoundaryRefinement, *,
+                    with_box: bool = False) -> PatchProbability | BlockProbability:
     """The patch's probability at full resolution with the boundary moved by intensities (or the patch unchanged)."""
     region = patch.region(image.shape)
-    if region is None or patch.fov.zoom < settings.min_zoom:
+    if region is None or not settings.applies(patch.fov.zoom, with_box):
         return patch
     p = patch.values(region).clamp_(P_MIN, 1 - P_MIN).numpy()
     distance = upsample_region(patch_distance(patch.probs.float().numpy() > 0.5), patch.fov, region).numpy()

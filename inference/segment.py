@@ -163,7 +163,7 @@ def segment_class(model: Model, prepared: PreparedCase, prompt: ClassPrompt,
     z_range = (prompt.box.lo[0], prompt.box.hi[0]) if prompt.box is not None else None
     patch = PatchProbability.from_network(prompt.label, fov, probs, z_range)
     if model.spec.boundary is not None and effort.refine_boundary:
-        refined = refine_boundary(patch, prepared.case.image, model.spec.boundary)
+        refined = refine_boundary(patch, prepared.case.image, model.spec.boundary, with_box=prompt.box is not None)
         how += ", boundary refined" if refined is not patch else ""
         patch = refined
     if removes_only(prepared, prompt):

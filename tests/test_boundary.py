@@ -81,8 +81,22 @@ def test_a_refined_block_fuses_like_any_class_and_keeps_the_float16_ceiling():
     np.testing.assert_array_equal(labels == 1, hard(refined))
 
 
+def test_with_a_box_answers_from_min_zoom_with_box_on_are_refined():
+    truth = sphere(20)
+    image = np.where(truth, 200, 20).astype(np.uint8)
+    fov = FieldOfView((0, 0, 0), SHAPE[0], SHAPE[0])  # zoom 1
+    radius = np.sqrt(((np.indices(SHAPE) - 32) ** 2).sum(axis=0))
+    soft = torch.sigmoid(torch.from_numpy(21.5 - radius).float())  # a network's soft edge, 1.5 voxels too wide
+    patch = PatchProbability.from_network(1, fov, soft)
+    settings = BoundaryRefinement(min_zoom_with_box=1.0)
+    assert refine_boundary(patch, image, settings) is patch  # without a box min_zoom 1.5 holds
+    assert refine_boundary(patch, image, SETTINGS, with_box=True) is patch  # unset: min_zoom for both
+    refined = refine_boundary(patch, image, settings, with_box=True)
+    assert (hard(refined) != truth).sum() < (hard(patch) != truth).sum() / 4
+
+
 @pytest.mark.parametrize("bad", [{"band": 3.0, "shell": 2.0}, {"weight": 0}, {"min_zoom": 0.5}, {"bins": 1},
-                                 {"strength": 1.0}])
+                                 {"min_zoom_with_box": 0.5}, {"strength": 1.0}])
 def test_model_json_rejects_bad_boundary_settings(tmp_path, bad):
     with pytest.raises(ValueError, match="boundary_refinement"):
         read_spec(write_spec(tmp_path, tiny_spec(boundary_refinement=bad)))
@@ -110,3 +124,23 @@ def test_segment_class_refines_a_zoomed_out_box_unless_its_effort_says_not(model
     assert isinstance(plain.probability, PatchProbability) and "boundary" not in plain.how
     assert dice(fuse_classes(shape, [refined.probability]) == 1, truth) > \
         dice(fuse_classes(shape, [plain.probability]) == 1, truth) + 0.03
+
+
+def test_segment_class_refines_zoom_one_answers_only_for_box_prompts(model, monkeypatch):  # noqa: F811
+    shape = (40, 40, 40)
+    centre = np.array([19.5, 19.5, 19.5])  # the field of view's centre
+    truth = ((np.indices(shape) - centre.reshape(3, 1, 1, 1)) ** 2).sum(axis=0) <= 4.5 ** 2
+    radius = np.sqrt(((np.indices((PATCH,) * 3) - 7.5) ** 2).sum(axis=0))
+    ball = torch.sigmoid(torch.from_numpy(6 - radius).float())  # a soft edge 1.5 voxels too wide
+    monkeypatch.setattr(Model, "probability", lambda self, x, offset=0.0: ball.clone())
+    monkeypatch.setattr(model, "spec", replace(model.spec, boundary=BoundaryRefinement(min_zoom_with_box=1.0)))
+    boxed = ClassPrompt(1, box=Box((15, 15, 15), (24, 24, 24), 20))
+    clicked = ClassPrompt(1, fg=np.array([[20, 20, 20]]), order=("fg",))
+    image = np.where(truth, 200, 20).astype(np.uint8)
+    outcomes = [segment_class(model, prepare(replace(make_case(shape=shape, prompts=[p]), image=image), model), p)
+                for p in (boxed, clicked)]
+    assert all("zoom 1.00" in o.how for o in outcomes)
+    assert isinstance(outcomes[0].probability, BlockProbability) and "boundary refined" in outcomes[0].how
+    assert isinstance(outcomes[1].probability, PatchProbability) and "boundary" not in outcomes[1].how
+    assert dice(fuse_classes(shape, [outcomes[0].probability]) == 1, truth) > \
+        dice(fuse_classes(shape, [outcomes[1].probability]) == 1, truth) + 0.1
