@@ -2,6 +2,7 @@
 
 Zoom rule (one place): z = max((extent + P/3) / P, 1) over the axes, one zoom for all axes;
 the crop is a cube of side ceil(P z) around the prompt centre, zero outside the volume.
+Tile rule (full-resolution tiles): zoom-1 cubes of side P, neighbours at most 2P/3 apart.
 Resampling never materialises the full-resolution crop: linear resampling gathers only the
 two source rows each output row needs, area pooling works on the object's bounding box.
 Both match torch's `interpolate(mode="trilinear", align_corners=False)` and
@@ -16,6 +17,7 @@ import numpy as np
 import torch
 
 Bounds = tuple[tuple[int, int, int], tuple[int, int, int]]  # (lo, hi), both inclusive
+TILE_STEP = 2 / 3  # of a patch: the largest stride between neighbouring full-resolution tiles
 
 
 @dataclass(frozen=True)
@@ -68,6 +70,22 @@ def fit(bounds: Bounds, patch: int, zoom: float | None = None) -> FieldOfView:
     if zoom is None:
         zoom = zoom_for_extent(hi - lo + 1, patch)
     return around((lo + hi) / 2, patch, zoom)
+
+
+def tiles(bounds: Bounds, patch: int) -> list[FieldOfView]:
+    """Zoom-1 fields of view covering `bounds`, spread evenly, neighbours overlapping by at least a third.
+
+    A side no longer than the patch gets one tile centred on it.
+    """
+    per_axis = []
+    for lo, hi in zip(*bounds):
+        extent = hi - lo + 1
+        if extent <= patch:
+            per_axis.append([lo - (patch - extent) // 2])
+            continue
+        count = math.ceil((extent - patch) / (patch * TILE_STEP)) + 1
+        per_axis.append([lo + round(i * (extent - patch) / (count - 1)) for i in range(count)])
+    return [FieldOfView((z, y, x), patch, patch) for z in per_axis[0] for y in per_axis[1] for x in per_axis[2]]
 
 
 def union(*bounds: Bounds | None) -> Bounds | None:

@@ -51,6 +51,9 @@ class ModelSpec:
     # chosen on tuning cases by training/calibrate.py
     margin_offset: dict[str, float] = field(default_factory=dict)
     boundary: BoundaryRefinement | None = None  # segfm pipeline: sharpen zoomed-out answers (boundary.py)
+    # segfm pipeline: a box answer seen zoomed out is predicted again in zoom-1 tiles (segment.py); only for
+    # weights trained on such tiles (training prompting "p_tile"): others lost DSC with it (README)
+    full_resolution_tiles: bool = False
 
     def offset(self, has_box: bool, interactions: int = 0, zoomed: bool = False) -> float:
         """The logit offset for a class prompted with (or without) a box and `interactions` clicks so far,
@@ -111,6 +114,9 @@ def read_spec(folder: str | os.PathLike, patch_size: int | None = None, box_mode
         boundary = BoundaryRefinement(**boundary) if boundary is not None else None
     except TypeError as exc:
         raise ValueError(f"{SPEC_FILE}: boundary_refinement: {exc}") from None
+    tiled = raw.get("full_resolution_tiles", False)
+    if not isinstance(tiled, bool):
+        raise ValueError(f"{SPEC_FILE}: full_resolution_tiles must be true or false, got {tiled!r}")
     return ModelSpec(
         folder=folder,
         architecture=architecture,
@@ -125,6 +131,7 @@ def read_spec(folder: str | os.PathLike, patch_size: int | None = None, box_mode
         interaction_decay=decay,
         margin_offset={k: float(v) for k, v in offsets.items()},
         boundary=boundary,
+        full_resolution_tiles=tiled,
     )
 
 

@@ -11,8 +11,9 @@ import torch
 
 from .boundary import refine_boundary
 from .case_io import Case, ClassPrompt
-from .field_of_view import Bounds, FieldOfView, fit, nonzero_block, points_bounds, sample_area, sample_linear, union
-from .fusion import ClassProbability, MaskProbability, PatchProbability, PatchWithinMask
+from .field_of_view import (Bounds, FieldOfView, fit, nonzero_block, points_bounds, sample_area, sample_linear, tiles,
+                            union)
+from .fusion import BlockProbability, ClassProbability, MaskProbability, PatchProbability, PatchWithinMask
 from .model import Model
 from .nninteractive_view import BORDER_ABSOLUTE, BORDER_MINIMUM, BORDER_RELATIVE, ZOOM_OUT_STEP
 from .normalisation import intensity_stats
@@ -94,10 +95,14 @@ def prompt_bounds(prepared: PreparedCase, prompt: ClassPrompt) -> Bounds | None:
     return union(box, points_bounds(prompt.clicks), prepared.prev_bounds.get(prompt.label))
 
 
-def network_input(model: Model, prepared: PreparedCase, prompt: ClassPrompt, fov: FieldOfView) -> torch.Tensor:
+def network_input(model: Model, prepared: PreparedCase, prompt: ClassPrompt, fov: FieldOfView,
+                  previous: torch.Tensor | None = None) -> torch.Tensor:
+    """The network's channels for one class on `fov`; `previous` stands in for the previous prediction's channel."""
     case = prepared.case
     image = (sample_linear(case.image, fov, pad_value=prepared.mean) - prepared.mean) / prepared.std
-    named = {"image": image, "prev_seg": previous_channel(prepared, prompt.label, fov)}
+    if previous is None:
+        previous = previous_channel(prepared, prompt.label, fov)
+    named = {"image": image, "prev_seg": previous}
     named.update(prompt_channels(prompt, fov, model.spec.prompts))
     return stack_channels(named, model.spec.channels)
 
@@ -162,7 +167,14 @@ def segment_class(model: Model, prepared: PreparedCase, prompt: ClassPrompt,
     # the organisers' box spans exactly the object's slices: nothing of it lies outside them
     z_range = (prompt.box.lo[0], prompt.box.hi[0]) if prompt.box is not None else None
     patch = PatchProbability.from_network(prompt.label, fov, probs, z_range)
-    if model.spec.boundary is not None and effort.refine_boundary:
+    tiled = None
+    if model.spec.full_resolution_tiles and prompt.box is not None and fov.zoom > 1 and effort.max_passes > 1:
+        tiled = predict_in_tiles(model, prepared, prompt, patch, offset, effort.stop_zooming_at, pass_seconds)
+    if tiled is not None:
+        patch, count = tiled
+        how += f", {count} full-resolution tile{'s' * (count > 1)}"
+        passes += count
+    elif model.spec.boundary is not None and effort.refine_boundary:
         refined = refine_boundary(patch, prepared.case.image, model.spec.boundary, with_box=prompt.box is not None)
         how += ", boundary refined" if refined is not patch else ""
         patch = refined
@@ -170,6 +182,46 @@ def segment_class(model: Model, prepared: PreparedCase, prompt: ClassPrompt,
         return ClassOutcome(PatchWithinMask(patch, keep_previous(prepared, prompt.label)),
                             how + ", within the previous mask", passes)
     return ClassOutcome(patch, how, passes)
+
+
+def predict_in_tiles(model: Model, prepared: PreparedCase, prompt: ClassPrompt, coarse: PatchProbability,
+                     offset: float, stop_at: float, pass_seconds: float) -> tuple[BlockProbability, int] | None:
+    """A zoomed-out answer predicted again at full resolution, and the number of tiles it took.
+
+    Zoom-1 tiles (`field_of_view.tiles`) cover the coarse foreground, each fed the coarse answer as
+    its previous mask, and are averaged where they overlap: at zoom z a patch voxel is z voxels
+    wide, too coarse for thin parts and surfaces. None when the coarse answer is empty or the tiles
+    would not end before `stop_at`.
+    """
+    region = coarse.region(prepared.case.shape)
+    if region is None:
+        return None
+    values = coarse.values(region)
+    mask = (values > 0.5).numpy()
+    block = nonzero_block(mask)
+    if block is None:
+        return None
+    start = tuple(a for a, _ in region)
+    fovs = tiles(block_bounds(block, start), coarse.fov.patch)
+    if time.monotonic() + len(fovs) * pass_seconds >= stop_at:
+        return None
+    total, count = torch.zeros_like(values), torch.zeros(values.shape, dtype=torch.uint8)
+    for fov in fovs:
+        x = network_input(model, prepared, prompt, fov, previous=sample_area(mask, start, fov))
+        probs = model.probability(x, offset)
+        # the part of the tile inside the coarse answer's region, in tile and in region coordinates
+        part = [[max(a, lo), min(a + fov.side, hi)] for a, (lo, hi) in zip(fov.start, region)]
+        in_tile = tuple(slice(a - t, b - t) for (a, b), t in zip(part, fov.start))
+        in_region = tuple(slice(a - s, b - s) for (a, b), s in zip(part, start))
+        total[in_region] += probs[in_tile].float()
+        count[in_region] += 1
+    averaged = torch.where(count > 0, total / count.clamp(min=1), values)
+    return BlockProbability.from_values(prompt.label, start, averaged), len(fovs)
+
+
+def block_bounds(block: tuple[slice, ...], start: tuple[int, ...]) -> Bounds:
+    """Closed volume bounds of `block`, slices of an array placed at `start`."""
+    return (tuple(b.start + s for b, s in zip(block, start)), tuple(b.stop - 1 + s for b, s in zip(block, start)))
 
 
 def removes_only(prepared: PreparedCase, prompt: ClassPrompt) -> bool:

@@ -18,6 +18,7 @@ from inference.field_of_view import (
     fit,
     sample_area,
     sample_linear,
+    tiles,
     upsample_region,
     zoom_for_extent,
 )
@@ -436,3 +437,24 @@ def test_property_fit_is_centred_and_holds_the_prompts(lo, extent, patch):
     assert fov.side == _expected_side(extent, patch)
     assert np.all(np.abs(_crop_centre(fov) - (lo + hi) / 2) <= 0.5)
     assert np.all(np.asarray(fov.start) <= lo) and np.all(np.asarray(fov.start) + fov.side - 1 >= hi)
+
+
+# ----------------------------------------------------------------------------- full-resolution tiles
+
+
+@given(lo=st.tuples(*[st.integers(-5, 40)] * 3), extent=st.tuples(*[st.integers(1, 130)] * 3),
+       patch=st.sampled_from([8, 16, 24, 96]))
+@settings(max_examples=200, deadline=None)
+def test_property_tiles_are_zoom_one_cover_the_bounds_and_overlap_by_a_third(lo, extent, patch):
+    hi = tuple(a + e - 1 for a, e in zip(lo, extent))
+    found = tiles((lo, hi), patch)
+    assert all(t.zoom == 1 and t.side == patch for t in found)
+    for axis in range(3):
+        starts = sorted({t.start[axis] for t in found})
+        if extent[axis] <= patch:  # one tile, centred on the side
+            assert len(starts) == 1 and abs((starts[0] + (patch - 1) / 2) - (lo[axis] + hi[axis]) / 2) <= 0.5
+        else:  # from end to end, each step at most 2/3 of a patch
+            assert starts[0] == lo[axis] and starts[-1] + patch - 1 == hi[axis]
+            assert all(0 < b - a <= math.ceil(patch * 2 / 3) for a, b in zip(starts, starts[1:]))
+    # every voxel of the bounds lies in some tile: the grid is the product of the per-axis starts
+    assert len(found) == math.prod(len({t.start[a] for t in found}) for a in range(3))

@@ -151,11 +151,18 @@ def test_a_box_seen_zoomed_out_takes_the_zoomed_box_offset_else_the_box_one(tmp_
         ({"margin_offset": {"nobox": 1.0}}, "margin_offset"),
         ({"margin_offset": {"box": float("nan")}}, "margin_offset"),
         ({"margin_offset": 1.0}, "margin_offset"),
+        ({"full_resolution_tiles": "yes"}, "full_resolution_tiles"),
+        ({"full_resolution_tiles": 1}, "full_resolution_tiles"),
     ],
 )
 def test_read_spec_rejects_bad_fields(tmp_path, override, field):
     with pytest.raises(ValueError, match=field):
         read_spec(write_spec(tmp_path, tiny_spec(**override)))
+
+
+def test_full_resolution_tiles_are_off_unless_model_json_turns_them_on(tmp_path):
+    assert read_spec(write_spec(tmp_path / "a", tiny_spec())).full_resolution_tiles is False
+    assert read_spec(write_spec(tmp_path / "b", tiny_spec(full_resolution_tiles=True))).full_resolution_tiles is True
 
 
 def test_read_spec_rejects_missing_output_and_normalisation(tmp_path):

@@ -11,10 +11,11 @@ import torch.nn.functional as F
 import inference.segment as segment
 from inference.case_io import Box, Case, ClassPrompt
 from inference.field_of_view import FieldOfView
-from inference.fusion import MaskProbability, PatchProbability, fuse_classes
+from inference.fusion import BlockProbability, MaskProbability, PatchProbability, fuse_classes
 from inference.model import Model, create_random_model, load_model, resenc_architecture
 from inference.prompts import box_channel, click_channel
 from inference.segment import (
+    Effort,
     PreparedCase,
     border_changed,
     fallback,
@@ -83,9 +84,9 @@ def record_fovs(monkeypatch):
     fovs = []
     original = segment.network_input
 
-    def wrapper(model, prepared, prompt, fov):
+    def wrapper(model, prepared, prompt, fov, previous=None):
         fovs.append(fov)
-        return original(model, prepared, prompt, fov)
+        return original(model, prepared, prompt, fov, previous=previous)
 
     monkeypatch.setattr(segment, "network_input", wrapper)
     return fovs
@@ -509,3 +510,56 @@ def test_label_bounds_of_labels_larger_than_the_volume():
     labels = np.zeros((1, 1, 2), np.uint8)
     labels[0, 0, 1] = 3  # cc3d.statistics refuses a label above the voxel count
     assert segment.label_bounds(labels) == {3: ((0, 0, 1), (0, 0, 1))}
+
+
+# ----------------------------------------------------------------------------- full-resolution tiles
+
+
+def echo_previous_or_ball(self, x, offset=0.0):
+    """A stand-in network: a tile echoes its previous-mask channel; a pass without one answers a ball."""
+    previous = x[CHANNELS.index("prev_seg")]
+    if previous.any():
+        return previous.clone()
+    grid = ((np.indices((PATCH,) * 3) - 7.5) ** 2).sum(axis=0)
+    return torch.from_numpy((grid <= 5.5 ** 2).astype(np.float32))
+
+
+def test_a_zoomed_out_box_is_predicted_again_in_zoom_one_tiles_fed_the_coarse_answer(model, monkeypatch):
+    shape = (48, 48, 48)
+    prompt = ClassPrompt(1, box=Box((4, 4, 4), (43, 43, 43), 24))  # extent 40 > patch 16: zoom 2.8
+    case = make_case(shape=shape, prompts=[prompt])
+    monkeypatch.setattr(Model, "probability", echo_previous_or_ball)
+    coarse = segment_class(model, prepare(case, model), prompt, Effort(PATCH, refine_boundary=False))
+    monkeypatch.setattr(model, "spec", replace(model.spec, full_resolution_tiles=True))
+    fovs = record_fovs(monkeypatch)
+    tiled = segment_class(model, prepare(case, model), prompt)
+    assert isinstance(coarse.probability, PatchProbability) and fovs[0].zoom > 2
+    tile_fovs = fovs[1:]
+    assert isinstance(tiled.probability, BlockProbability) and "full-resolution tiles" in tiled.how
+    assert tiled.passes == 1 + len(tile_fovs) > 1 and all(f.zoom == 1 for f in tile_fovs)
+    # tiles that echo the coarse answer put it back voxel for voxel: each lands where it was cut
+    expected = fuse_classes(shape, [coarse.probability])
+    assert expected.any() and np.array_equal(fuse_classes(shape, [tiled.probability]), expected)
+    # the tiles cover the coarse foreground
+    lo, hi = nonzero_bounds(expected)
+    assert all(min(f.start[a] for f in tile_fovs) <= lo[a] and max(f.start[a] for f in tile_fovs) + PATCH > hi[a]
+               for a in range(3))
+
+
+def test_tiles_need_the_switch_a_box_a_zoomed_out_view_and_the_time(model, monkeypatch):
+    monkeypatch.setattr(Model, "probability", echo_previous_or_ball)
+    monkeypatch.setattr(model, "spec", replace(model.spec, full_resolution_tiles=True))
+    big = ClassPrompt(1, box=Box((4, 4, 4), (43, 43, 43), 24))
+    small = ClassPrompt(1, box=Box((20, 20, 20), (27, 27, 27), 24))  # fits the patch: zoom 1
+    clicks = ClassPrompt(1, fg=np.array([[24, 24, 24]]), order=("fg",))
+    case = make_case(shape=(48, 48, 48))
+
+    def how(prompt, effort=None):
+        return segment_class(model, prepare(replace(case, prompts=[prompt]), model), prompt, effort).how
+
+    assert "tiles" in how(big)
+    assert "tiles" not in how(small) and "tiles" not in how(clicks)
+    assert "tiles" not in how(big, Effort(PATCH, stop_zooming_at=0.0))  # no time left for them
+    assert "tiles" not in how(big, Effort.one_pass(PATCH))
+    monkeypatch.setattr(model, "spec", replace(model.spec, full_resolution_tiles=False))
+    assert "tiles" not in how(big)

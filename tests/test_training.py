@@ -16,7 +16,7 @@ import torch
 from inference.case_io import Case, ClassPrompt
 from inference.harness.boxes import organiser_box
 from inference.harness.simulated_user import Click, simulate_click
-from inference.model import load_model, read_spec
+from inference.model import Model, load_model, read_spec
 from inference.predict import DEFAULT_MODEL, predict_case
 from inference.synthetic_cases import make_volume
 from training import floors
@@ -27,7 +27,7 @@ from training.label_maps import (SHAPE_KINDS, LabelSources, blob, label_values, 
 import training.samples as samples
 from training.samples import (FIRST_TARGET_LABEL_ABOVE, LABEL, MIN_TARGET_VOXELS, Recipe, TrainingVolume, add_click,
                               corrupted_previous, draw_samples, draw_volume, first_prompt, other_target, patch_target,
-                              prompted_sample, training_pair, volume_groups)
+                              prompted_sample, tile_pair, training_pair, volume_groups)
 from training.synthesis import render_image, rotate_and_scale, thick_slices
 from training.train import DEFAULT_CONFIG, build_model, learning_rate, loss_terms, model_spec, train
 
@@ -64,6 +64,23 @@ def test_random_shapes_are_deterministic_per_seed_and_keep_targets_below_the_tex
     targets = np.unique(a[(a > 0) & (a <= 100)])
     assert len(targets) >= 1 and len(SHAPE_KINDS) == 5
     assert np.all(a[a > 100] > 100)  # background texture regions
+
+
+def test_shape_weights_choose_which_kinds_random_shapes_draw(monkeypatch):
+    import training.label_maps as label_maps
+
+    drawn = []
+    for kind in ("blob", "tube", "shell", "nuclei"):
+        original = getattr(label_maps, kind)
+        monkeypatch.setattr(label_maps, kind, lambda rng, shape, k=kind, f=original: drawn.append(k) or f(rng, shape))
+    for seed in range(4):
+        random_shapes(np.random.default_rng(seed), (24, 32, 32), (0, 1, 3, 0, 0))
+    assert set(drawn) == {"tube", "shell"} and drawn.count("shell") > drawn.count("tube")
+    with pytest.raises(ValueError, match="shape_weights"):
+        Recipe(shape_weights=(1, 1, 1))
+    with pytest.raises(ValueError, match="shape_weights"):
+        Recipe(shape_weights=(0, 0, 0, 0, 0))
+    assert Recipe.from_config({"shape_weights": [1, 2, 2, 1, 1]}).shape_weights == (1, 2, 2, 1, 1)
 
 
 def test_render_image_is_uint8_full_range_and_separates_differently_coloured_labels():
@@ -277,6 +294,74 @@ def test_a_corrupted_previous_sample_carries_that_segmentation_and_the_click_tha
     assert plain.rounds == 0 and plain.x[channels.index("prev_seg")].sum() == 0
 
 
+def big_target_volume() -> TrainingVolume:
+    """A slab wider than 3/4 of the tiny model's patch (16): its box is seen zoomed out."""
+    labels = np.zeros((20, 40, 40), dtype=np.uint16)
+    labels[4:16, 6:34, 8:30] = 1
+    image = np.where(labels == 1, 200, 30).astype(np.uint8)
+    return TrainingVolume(image, labels == 1, (1.0, 1.0, 1.0), "test", labels)
+
+
+def coarse_ball(self, x, offset=0.0):
+    """A stand-in prompting network: a ball in the middle of whatever patch it sees."""
+    grid = ((np.indices(x.shape[1:]) - (x.shape[1] - 1) / 2) ** 2).sum(axis=0)
+    return torch.from_numpy((grid <= (x.shape[1] * 0.35) ** 2).astype(np.float32))
+
+
+def test_a_tile_sample_is_a_zoom_one_tile_of_the_zoomed_out_box_fed_the_coarse_answer(tmp_path, monkeypatch):
+    from inference.field_of_view import fit, tiles
+    from inference.fusion import fuse_classes
+    from inference.segment import Effort, prepare, segment_class
+
+    model = build_model(tiny_config(), tmp_path / "m")
+    monkeypatch.setattr(Model, "probability", coarse_ball)
+    volume = big_target_volume()
+    prompt = first_prompt(volume, np.random.default_rng(0), with_box=True)
+    case = samples.as_case(volume, prompt, None)
+    coarse_fov = fit(samples.prompt_bounds(prepare(case, model), prompt), 16)
+    coarse = fuse_classes(volume.truth.shape, [segment_class(model, prepare(case, model), prompt,
+                                                             Effort.one_pass(16)).probability]) == LABEL
+    assert coarse_fov.zoom > 1 and coarse.any()
+    seen = []
+    original = samples.network_input
+    monkeypatch.setattr(samples, "network_input", lambda *a, **k: seen.append((a[3], k)) or original(*a, **k))
+    x, target = tile_pair(model, volume, prompt, None, np.random.default_rng(3))
+    [(fov, kwargs)] = seen
+    lo = tuple(int(w.min()) for w in np.nonzero(coarse))
+    hi = tuple(int(w.max()) for w in np.nonzero(coarse))
+    assert fov.zoom == 1 and fov in tiles((lo, hi), 16)
+    # the previous-mask channel is the coarse answer at full resolution, the target the truth there
+    cut = tuple(slice(max(s, 0), s + 16) for s in fov.start)
+    pad = [(max(0, -s), max(0, s + 16 - n)) for s, n in zip(fov.start, volume.truth.shape)]
+    assert torch.equal(x[model.spec.channels.index("prev_seg")], torch.from_numpy(np.pad(coarse[cut], pad).astype(np.float32)))
+    assert torch.equal(target, torch.from_numpy(np.pad(volume.truth[cut], pad).astype(np.float32)))
+    assert x[model.spec.channels.index("box")].sum() > 0
+    # no tile for a sample without a box, nor for a box that fits the patch at zoom 1
+    click_prompt = first_prompt(volume, np.random.default_rng(0), with_box=False)
+    assert tile_pair(model, volume, click_prompt, None, np.random.default_rng(3)) is None
+    small = small_target_volume()
+    assert tile_pair(model, small, first_prompt(small, np.random.default_rng(0), True), None,
+                     np.random.default_rng(3)) is None
+
+
+def small_target_volume() -> TrainingVolume:
+    """A cube that fits the tiny model's patch at zoom 1."""
+    labels = np.zeros((20, 40, 40), dtype=np.uint16)
+    labels[8:12, 16:22, 16:22] = 1
+    return TrainingVolume(np.where(labels == 1, 200, 30).astype(np.uint8), labels == 1, (1.0, 1.0, 1.0), "test")
+
+
+def test_the_tile_share_makes_tile_samples_only_of_zoomed_out_boxes(tmp_path, monkeypatch):
+    model = build_model(tiny_config(), tmp_path / "m")
+    monkeypatch.setattr(Model, "probability", coarse_ball)
+    prompting = {"p_no_box": 0.0, "p_single_pass": 1.0, "click_rounds": [1], "click_round_weights": [1.0], "p_tile": 1.0}
+    boxed = prompted_sample(model, big_target_volume(), np.random.default_rng(2), prompting)
+    assert boxed.tile
+    clicked = prompted_sample(model, big_target_volume(), np.random.default_rng(2), prompting | {"p_no_box": 1.0})
+    plain = prompted_sample(model, big_target_volume(), np.random.default_rng(2), prompting | {"p_tile": 0.0})
+    assert not clicked.tile and not plain.tile and not torch.equal(plain.x, boxed.x)
+
+
 def test_patch_target_is_the_area_fraction_of_the_truth():
     from inference.field_of_view import FieldOfView
 
@@ -346,7 +431,8 @@ def test_worker_samples_match_the_in_process_ones_to_half_precision(tmp_path, pe
     config["data"]["targets_per_volume"] = per_volume
     model = build_model(config, tmp_path / "model")
     recipe = Recipe.from_config(config["data"])
-    prompting = dict(config["prompting"], p_single_pass=1.0)  # no prompting passes: the sample depends on the seed only
+    # no prompting passes (single pass, no tiles): the sample depends on the seed only
+    prompting = dict(config["prompting"], p_single_pass=1.0, p_tile=0.0)
     here = InProcessFeed(model, SHAPES_ONLY, recipe, prompting, 3).batch(0, 4)
     feed = WorkerFeed(model, SHAPES_ONLY, recipe, prompting, 3, workers=1, batch_size=4, first_step=0, scratch=tmp_path)
     try:
@@ -418,6 +504,19 @@ def test_training_runs_checkpoints_and_resumes_to_the_same_weights(tmp_path):
     assert model.spec.patch_size == 16 and json.loads((split / "model" / "model.json").read_text())["name"].endswith("(step 4)")
     for key, value in model.network.state_dict().items():
         assert torch.allclose(value, b["network"][key], atol=2e-2, rtol=1e-2), key
+
+
+def test_the_log_counts_tile_samples_and_a_tile_trained_model_predicts_in_tiles(tmp_path, monkeypatch):
+    monkeypatch.setattr(Model, "probability", coarse_ball)  # the prompting passes: a coarse answer to tile
+    config = tiny_config()
+    config["prompting"].update(p_no_box=0.0, p_tile=1.0)
+    train(tmp_path / "run", config, False, None, 2, SHAPES_ONLY)
+    with open(tmp_path / "run" / "log.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert len(rows) == 2 and sum(int(r["tiles"]) for r in rows) >= 1
+    assert read_spec(tmp_path / "run" / "model").full_resolution_tiles
+    config["prompting"]["p_tile"] = 0.0
+    assert not model_spec(config)["full_resolution_tiles"]
 
 
 def test_a_new_run_can_start_from_a_model_folder_and_records_its_loss_curve(tmp_path):

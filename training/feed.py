@@ -137,7 +137,7 @@ def _work(model_folder: str, device: str, weights: str, version, tasks, results,
                 # half precision through the pipe: 4x faster to pass than float32 (98 -> 24 ms a 96^3 sample
                 # on the 2-core machine) and finer than the bfloat16 the GPU step computes in
                 results.put((sample.x.half().numpy(), sample.target.half().numpy(), sample.no_box, sample.rounds,
-                             sample.volume_seconds, sample.passes_seconds, sample.seconds))
+                             sample.volume_seconds, sample.passes_seconds, sample.seconds, sample.tile))
         except Exception as exc:  # reported to the trainer, which stops: a broken sampler must not go unseen
             results.put(f"step {step} samples {first}-{first + count - 1}: {type(exc).__name__}: {exc}")
 

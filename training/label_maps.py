@@ -185,8 +185,12 @@ def _largest(mask: np.ndarray) -> np.ndarray:
     return cc3d.largest_k(mask.astype(np.uint8), k=1, connectivity=26) > 0
 
 
-def random_shapes(rng: np.random.Generator, shape: tuple[int, int, int]) -> np.ndarray:
-    """A label map of 2-6 random objects over a background with smooth 'tissue' regions (labels above 100)."""
+def random_shapes(rng: np.random.Generator, shape: tuple[int, int, int],
+                  kind_weights: tuple[float, ...] | None = None) -> np.ndarray:
+    """A label map of 2-6 random objects over a background with smooth 'tissue' regions (labels above 100).
+
+    Each object's kind is drawn from `SHAPE_KINDS` with `kind_weights` (None: all alike).
+    """
     labels = np.zeros(shape, dtype=np.uint16)
     # background structure: a few smooth regions that are not targets but give the image texture and edges
     regions = int(rng.integers(1, 5))
@@ -195,7 +199,9 @@ def random_shapes(rng: np.random.Generator, shape: tuple[int, int, int]) -> np.n
     labels[:] = 101 + np.digitize(noise, edges).astype(np.uint16)
     label = 1
     for _ in range(int(rng.integers(2, 7))):
-        kind = SHAPE_KINDS[int(rng.integers(len(SHAPE_KINDS)))]
+        # None draws as the recorded runs did: their volumes stay reproducible
+        kind = SHAPE_KINDS[int(rng.integers(len(SHAPE_KINDS)) if kind_weights is None
+                               else rng.choice(len(SHAPE_KINDS), p=np.divide(kind_weights, sum(kind_weights))))]
         if kind == "organ_lesion":
             organ, lesion = organ_lesion(rng, shape)
             for mask in (organ, lesion):

@@ -7,6 +7,8 @@ simulated user; a sample is turned into a network input by the container's own c
 from __future__ import annotations
 
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, replace
 
 import edt
@@ -14,14 +16,14 @@ import numpy as np
 import torch
 
 from inference.case_io import Case, ClassPrompt, box_from_dict
-from inference.field_of_view import FieldOfView, fit, sample_area
+from inference.field_of_view import FieldOfView, fit, nonzero_block, sample_area, tiles
 from inference.fusion import apply_clicks, fuse_classes
 from inference.harness.boxes import organiser_box
 from inference.harness.simulated_user import Click, simulate_click
 from inference.model import Model
-from inference.segment import Effort, network_input, prepare, prompt_bounds, segment_class
+from inference.segment import Effort, block_bounds, network_input, prepare, prompt_bounds, segment_class
 
-from .label_maps import LabelSources, label_values, random_shapes
+from .label_maps import SHAPE_KINDS, LabelSources, label_values, random_shapes
 from .synthesis import crop_around, render_image, reorient, rotate_and_scale, thick_slices
 
 LABEL = 1  # the target is always class 0 = label 1 of its case
@@ -43,10 +45,16 @@ class Recipe:
     scale_range: tuple[float, float] = (0.75, 1.3)
     # structures of one synthesised volume that become samples: synthesis is most of a sample's cost
     targets_per_volume: int = 1
+    # how often each of label_maps.SHAPE_KINDS is drawn (None: all alike)
+    shape_weights: tuple[float, ...] | None = None
 
     def __post_init__(self) -> None:
         if self.targets_per_volume < 1:
             raise ValueError(f"targets_per_volume must be at least 1, got {self.targets_per_volume}")
+        if self.shape_weights is not None and (len(self.shape_weights) != len(SHAPE_KINDS)
+                                               or min(self.shape_weights) < 0 or sum(self.shape_weights) <= 0):
+            raise ValueError(f"shape_weights: {len(SHAPE_KINDS)} non-negative weights for {SHAPE_KINDS}, "
+                             f"not all 0, got {self.shape_weights}")
 
     @classmethod
     def from_config(cls, data: dict) -> "Recipe":
@@ -73,7 +81,7 @@ def draw_volume(rng: np.random.Generator, sources: LabelSources, recipe: Recipe)
             labels, source = sources.tissue, "tissue"
         else:
             side = rng.integers(recipe.min_side, recipe.max_side + 1, size=3)
-            labels, source = random_shapes(rng, tuple(int(s) for s in side)), "shapes"
+            labels, source = random_shapes(rng, tuple(int(s) for s in side), recipe.shape_weights), "shapes"
         present = target_labels(label_values(labels), source)
         if len(present) == 0:
             continue
@@ -148,6 +156,42 @@ def training_pair(model: Model, volume: TrainingVolume, prompt: ClassPrompt,
     return network_input(model, prepared, prompt, fov), patch_target(volume.truth, fov)
 
 
+def tile_pair(model: Model, volume: TrainingVolume, prompt: ClassPrompt, prev_pred: np.ndarray | None,
+              rng: np.random.Generator) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """(network input, soft target) on one of the zoom-1 tiles the container predicts a zoomed-out box
+    answer again in (`segment.predict_in_tiles`), fed the model's own coarse answer as its previous mask.
+
+    None when there is no box, the field of view is not zoomed out, or the coarse answer is empty.
+    """
+    prepared = prepare(as_case(volume, prompt, prev_pred), model)
+    patch = model.spec.patch_size
+    if prompt.box is None or fit(prompt_bounds(prepared, prompt), patch).zoom <= 1:
+        return None
+    with evaluating(model):
+        outcome = segment_class(model, prepared, prompt, Effort.one_pass(patch))
+    if outcome.probability is None:
+        return None
+    coarse = fuse_classes(volume.truth.shape, [outcome.probability]) == LABEL
+    block = nonzero_block(coarse)
+    if block is None:
+        return None
+    choices = tiles(block_bounds(block, (0, 0, 0)), patch)
+    fov = choices[int(rng.integers(len(choices)))]
+    previous = sample_area(coarse[block], tuple(b.start for b in block), fov)
+    return network_input(model, prepared, prompt, fov, previous=previous), patch_target(volume.truth, fov)
+
+
+@contextmanager
+def evaluating(model: Model) -> Iterator[None]:
+    """The network in eval mode (its hardened answers are prompts, not training passes), then as it was."""
+    was_training = model.network.training
+    model.network.eval()
+    try:
+        yield
+    finally:
+        model.network.train(was_training)
+
+
 def patch_target(truth: np.ndarray, fov: FieldOfView) -> torch.Tensor:
     """The target's area fraction in each patch voxel."""
     where = np.nonzero(truth)
@@ -168,6 +212,7 @@ class Sample:
     volume_seconds: float = 0.0  # label map, augmentation and image synthesis
     passes_seconds: float = 0.0  # the prompting passes (the network's forward passes and their inputs)
     seconds: float = 0.0  # the whole sample
+    tile: bool = False  # a zoom-1 tile of a zoomed-out box answer (`tile_pair`)
 
 
 def corrupted_previous(volume: TrainingVolume, rng: np.random.Generator) -> np.ndarray:
@@ -208,24 +253,28 @@ def prompted_sample(model: Model, volume: TrainingVolume, rng: np.random.Generat
     elif rng.random() >= prompting["p_single_pass"]:
         weights = np.asarray(prompting["click_round_weights"], dtype=np.float64)
         wanted = int(rng.choice(prompting["click_rounds"], p=weights / weights.sum()))
-        was_training = model.network.training
-        model.network.eval()
-        for _ in range(wanted):
-            t0 = time.perf_counter()
-            prepared = prepare(as_case(volume, prompt, prev), model)
-            # one pass per round (no AutoZoom): the hardened prediction is only a prompt here
-            outcome = segment_class(model, prepared, prompt, Effort(model.spec.patch_size, max_passes=1))
-            passes_seconds += time.perf_counter() - t0
-            classes = [outcome.probability] if outcome.probability is not None else []
-            prev = apply_clicks(fuse_classes(volume.truth.shape, classes), [prompt])
-            click = simulate_click(prev == LABEL, volume.truth)
-            if click is None:
-                break
-            prompt = add_click(prompt, click)
-            rounds += 1
-        model.network.train(was_training)
-    x, target = training_pair(model, volume, prompt, prev)
-    return Sample(x, target, no_box, rounds, passes_seconds=passes_seconds)
+        with evaluating(model):
+            for _ in range(wanted):
+                t0 = time.perf_counter()
+                prepared = prepare(as_case(volume, prompt, prev), model)
+                # one pass per round (no AutoZoom): the hardened prediction is only a prompt here
+                outcome = segment_class(model, prepared, prompt, Effort(model.spec.patch_size, max_passes=1))
+                passes_seconds += time.perf_counter() - t0
+                classes = [outcome.probability] if outcome.probability is not None else []
+                prev = apply_clicks(fuse_classes(volume.truth.shape, classes), [prompt])
+                click = simulate_click(prev == LABEL, volume.truth)
+                if click is None:
+                    break
+                prompt = add_click(prompt, click)
+                rounds += 1
+    # no draw when the share is absent or 0, as above
+    pair = None
+    if prompting.get("p_tile", 0) > 0 and rng.random() < prompting["p_tile"]:
+        t0 = time.perf_counter()
+        pair = tile_pair(model, volume, prompt, prev, rng)
+        passes_seconds += time.perf_counter() - t0
+    x, target = pair if pair is not None else training_pair(model, volume, prompt, prev)
+    return Sample(x, target, no_box, rounds, passes_seconds=passes_seconds, tile=pair is not None)
 
 
 def sample_rng(seed: int, step: int, index: int) -> np.random.Generator:

@@ -37,7 +37,7 @@ DEFAULT_CONFIG = Path(__file__).resolve().parent / "config.json"
 # feed_seconds: what the step waited for its samples; sample/volume/passes_seconds: the batch's mean time to
 # draw one sample, and of that the volume's synthesis and the prompting passes (a worker's view of the feed)
 LOG_FIELDS = ["step", "loss", "dice", "bce", "lr", "seconds", "feed_seconds", "no_box", "rounds",
-              "sample_seconds", "volume_seconds", "passes_seconds"]
+              "sample_seconds", "volume_seconds", "passes_seconds", "tiles"]
 
 
 def model_spec(config: dict) -> dict:
@@ -53,6 +53,8 @@ def model_spec(config: dict) -> dict:
         "output": "sigmoid",
         "weights": "weights.pt",
         "max_zoom": m["max_zoom"],
+        # weights trained on zoom-1 tiles of zoomed-out box answers predict those answers again in such tiles
+        "full_resolution_tiles": config["prompting"].get("p_tile", 0) > 0,
     }
 
 
@@ -228,6 +230,7 @@ def train(run_dir: Path, config: dict, resume: bool, minutes: float | None, step
                               "bce": f"{bce.item():.4f}", "lr": f"{optimiser.param_groups[0]['lr']:.2e}",
                               "seconds": f"{seconds:.2f}", "feed_seconds": f"{feed_seconds:.2f}",
                               "no_box": sum(s.no_box for s in samples), "rounds": sum(s.rounds for s in samples),
+                              "tiles": sum(s.tile for s in samples),
                               **sample_timing(samples)})
                 if step % config["log_every"] == 0:
                     log_file.flush()
