@@ -184,16 +184,27 @@ def segment_class(model: Model, prepared: PreparedCase, prompt: ClassPrompt,
     return ClassOutcome(patch, how, passes)
 
 
-def predict_in_tiles(model: Model, prepared: PreparedCase, prompt: ClassPrompt, coarse: PatchProbability,
-                     offset: float, stop_at: float, pass_seconds: float) -> tuple[BlockProbability, int] | None:
-    """A zoomed-out answer predicted again at full resolution, and the number of tiles it took.
+@dataclass(frozen=True)
+class CoarseAnswer:
+    """A zoomed-out answer at full resolution on its region, and the zoom-1 tiles that cover its foreground."""
 
-    Zoom-1 tiles (`field_of_view.tiles`) cover the coarse foreground, each fed the coarse answer as
-    its previous mask, and are averaged where they overlap: at zoom z a patch voxel is z voxels
-    wide, too coarse for thin parts and surfaces. None when the coarse answer is empty or the tiles
-    would not end before `stop_at`.
-    """
-    region = coarse.region(prepared.case.shape)
+    values: torch.Tensor  # probability on `region`
+    mask: np.ndarray  # values > 0.5
+    region: list[list[int]]  # half-open volume bounds
+    tiles: list[FieldOfView]
+
+    @property
+    def start(self) -> tuple[int, int, int]:
+        return tuple(a for a, _ in self.region)
+
+    def previous(self, fov: FieldOfView) -> torch.Tensor:
+        """What a tile's previous-mask channel shows: the coarse foreground."""
+        return sample_area(self.mask, self.start, fov)
+
+
+def coarse_answer(coarse: PatchProbability, shape: tuple[int, ...]) -> CoarseAnswer | None:
+    """The tiles of a zoomed-out answer (`field_of_view.tiles` over its foreground); None when it is empty."""
+    region = coarse.region(shape)
     if region is None:
         return None
     values = coarse.values(region)
@@ -201,27 +212,34 @@ def predict_in_tiles(model: Model, prepared: PreparedCase, prompt: ClassPrompt, 
     block = nonzero_block(mask)
     if block is None:
         return None
-    start = tuple(a for a, _ in region)
-    fovs = tiles(block_bounds(block, start), coarse.fov.patch)
-    if time.monotonic() + len(fovs) * pass_seconds >= stop_at:
+    lo = tuple(b.start + r for b, (r, _) in zip(block, region))
+    hi = tuple(b.stop - 1 + r for b, (r, _) in zip(block, region))
+    return CoarseAnswer(values, mask, region, tiles((lo, hi), coarse.fov.patch))
+
+
+def predict_in_tiles(model: Model, prepared: PreparedCase, prompt: ClassPrompt, coarse: PatchProbability,
+                     offset: float, stop_at: float, pass_seconds: float) -> tuple[BlockProbability, int] | None:
+    """A zoomed-out answer predicted again at full resolution, and the number of tiles it took.
+
+    Zoom-1 tiles cover the coarse foreground, each fed the coarse answer as its previous mask, and
+    are averaged where they overlap: at zoom z a patch voxel is z voxels wide, too coarse for thin
+    parts and surfaces. None when the coarse answer is empty or the tiles would not end before `stop_at`.
+    """
+    answer = coarse_answer(coarse, prepared.case.shape)
+    if answer is None or time.monotonic() + len(answer.tiles) * pass_seconds >= stop_at:
         return None
-    total, count = torch.zeros_like(values), torch.zeros(values.shape, dtype=torch.uint8)
-    for fov in fovs:
-        x = network_input(model, prepared, prompt, fov, previous=sample_area(mask, start, fov))
-        probs = model.probability(x, offset)
+    start = answer.start
+    total, count = torch.zeros_like(answer.values), torch.zeros(answer.values.shape, dtype=torch.uint8)
+    for fov in answer.tiles:
+        probs = model.probability(network_input(model, prepared, prompt, fov, previous=answer.previous(fov)), offset)
         # the part of the tile inside the coarse answer's region, in tile and in region coordinates
-        part = [[max(a, lo), min(a + fov.side, hi)] for a, (lo, hi) in zip(fov.start, region)]
+        part = [[max(a, lo), min(a + fov.side, hi)] for a, (lo, hi) in zip(fov.start, answer.region)]
         in_tile = tuple(slice(a - t, b - t) for (a, b), t in zip(part, fov.start))
         in_region = tuple(slice(a - s, b - s) for (a, b), s in zip(part, start))
         total[in_region] += probs[in_tile].float()
         count[in_region] += 1
-    averaged = torch.where(count > 0, total / count.clamp(min=1), values)
-    return BlockProbability.from_values(prompt.label, start, averaged), len(fovs)
-
-
-def block_bounds(block: tuple[slice, ...], start: tuple[int, ...]) -> Bounds:
-    """Closed volume bounds of `block`, slices of an array placed at `start`."""
-    return (tuple(b.start + s for b, s in zip(block, start)), tuple(b.stop - 1 + s for b, s in zip(block, start)))
+    averaged = torch.where(count > 0, total / count.clamp(min=1), answer.values)
+    return BlockProbability.from_values(prompt.label, start, averaged), len(answer.tiles)
 
 
 def removes_only(prepared: PreparedCase, prompt: ClassPrompt) -> bool:

@@ -16,12 +16,12 @@ import numpy as np
 import torch
 
 from inference.case_io import Case, ClassPrompt, box_from_dict
-from inference.field_of_view import FieldOfView, fit, nonzero_block, sample_area, tiles
-from inference.fusion import apply_clicks, fuse_classes
+from inference.field_of_view import FieldOfView, fit, sample_area
+from inference.fusion import PatchProbability, apply_clicks, fuse_classes
 from inference.harness.boxes import organiser_box
 from inference.harness.simulated_user import Click, simulate_click
 from inference.model import Model
-from inference.segment import Effort, block_bounds, network_input, prepare, prompt_bounds, segment_class
+from inference.segment import Effort, coarse_answer, network_input, prepare, prompt_bounds, segment_class
 
 from .label_maps import SHAPE_KINDS, LabelSources, label_values, random_shapes
 from .synthesis import crop_around, render_image, reorient, rotate_and_scale, thick_slices
@@ -163,22 +163,21 @@ def tile_pair(model: Model, volume: TrainingVolume, prompt: ClassPrompt, prev_pr
 
     None when there is no box, the field of view is not zoomed out, or the coarse answer is empty.
     """
+    if prompt.box is None:
+        return None
     prepared = prepare(as_case(volume, prompt, prev_pred), model)
     patch = model.spec.patch_size
-    if prompt.box is None or fit(prompt_bounds(prepared, prompt), patch).zoom <= 1:
+    if fit(prompt_bounds(prepared, prompt), patch).zoom <= 1:
         return None
     with evaluating(model):
         outcome = segment_class(model, prepared, prompt, Effort.one_pass(patch))
-    if outcome.probability is None:
+    if not isinstance(outcome.probability, PatchProbability):
         return None
-    coarse = fuse_classes(volume.truth.shape, [outcome.probability]) == LABEL
-    block = nonzero_block(coarse)
-    if block is None:
+    answer = coarse_answer(outcome.probability, volume.truth.shape)
+    if answer is None:
         return None
-    choices = tiles(block_bounds(block, (0, 0, 0)), patch)
-    fov = choices[int(rng.integers(len(choices)))]
-    previous = sample_area(coarse[block], tuple(b.start for b in block), fov)
-    return network_input(model, prepared, prompt, fov, previous=previous), patch_target(volume.truth, fov)
+    fov = answer.tiles[int(rng.integers(len(answer.tiles)))]
+    return network_input(model, prepared, prompt, fov, previous=answer.previous(fov)), patch_target(volume.truth, fov)
 
 
 @contextmanager
