@@ -495,9 +495,8 @@ def test_a_failing_feed_worker_stops_training_with_its_error(tmp_path):
 
 def test_training_runs_checkpoints_and_resumes_to_the_same_weights(tmp_path):
     config = tiny_config()
-    # without tile samples: with them in this stream, two identical runs in one process came out ~2e-8 apart
-    # in a few CPU gradients (oneDNN), which AdamW makes lr-sized in conv biases before InstanceNorm, whose
-    # true gradient is 0; tile samples themselves are the same on every draw (test_a_tile_sample_is_drawn_the_same_every_time)
+    # without tile samples, which add CPU passes whose rounding differs between runs in one process; tile
+    # samples themselves are the same on every draw (test_a_tile_sample_is_drawn_the_same_every_time)
     config["prompting"]["p_tile"] = 0.0
     straight = tmp_path / "straight"
     assert train(straight, copy.deepcopy(config), False, None, 4, SHAPES_ONLY) == 4
@@ -507,7 +506,14 @@ def test_training_runs_checkpoints_and_resumes_to_the_same_weights(tmp_path):
     a = torch.load(straight / "checkpoint.pt", weights_only=False)
     b = torch.load(split / "checkpoint.pt", weights_only=False)
     assert a["step"] == b["step"] == 4
-    for key in a["network"]:
+    # a conv bias that feeds an InstanceNorm has no effect and a true gradient of 0, so AdamW turns rounding
+    # noise there (~2e-8: oneDNN's first training run in a process differs from later ones) into lr-sized steps
+    # (each such bias is in the state dict twice: as `conv` and as `all_modules.0`, before its norm `all_modules.1`)
+    feeds_norm = (("conv.bias", "norm.weight"), ("all_modules.0.bias", "all_modules.1.weight"))
+    compared = [key for key in a["network"] if not any(
+        key.endswith(bias) and key[: -len(bias)] + norm in a["network"] for bias, norm in feeds_norm)]
+    assert len(compared) > len(a["network"]) / 2
+    for key in compared:
         assert torch.allclose(a["network"][key], b["network"][key], atol=1e-6), key
     rows = (split / "log.csv").read_text().strip().splitlines()
     assert len(rows) == 5 and rows[0].startswith("step,loss")
