@@ -495,9 +495,6 @@ def test_a_failing_feed_worker_stops_training_with_its_error(tmp_path):
 
 def test_training_runs_checkpoints_and_resumes_to_the_same_weights(tmp_path):
     config = tiny_config()
-    # without tile samples, which add CPU passes whose rounding differs between runs in one process; tile
-    # samples themselves are the same on every draw (test_a_tile_sample_is_drawn_the_same_every_time)
-    config["prompting"]["p_tile"] = 0.0
     straight = tmp_path / "straight"
     assert train(straight, copy.deepcopy(config), False, None, 4, SHAPES_ONLY) == 4
     split = tmp_path / "split"
