@@ -23,6 +23,6 @@ COPY model_weights ./model_weights
 # Byte-compile once here: every evaluator call is a fresh container and would pay it again.
 # The OpenVINO IR (the forward pass when the container runs on a CPU) is derived from the weights.
 RUN python -m compileall -q inference \
-    && python -m inference.openvino_forward model_weights/default \
+    && python -m inference.openvino_export model_weights/default \
     && mkdir -p /workspace/inputs /workspace/outputs
 CMD ["sh", "predict.sh"]

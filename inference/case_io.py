@@ -174,10 +174,6 @@ def write_segs(path: str | os.PathLike, segs: np.ndarray) -> None:
         raise
 
 
-def empty_segs(shape: tuple[int, ...]) -> np.ndarray:
-    return np.zeros(shape, dtype=np.uint8)
-
-
 # ----------------------------------------------------------------------------- reading
 
 
@@ -485,7 +481,7 @@ def _box(raw, shape, notes: _Notes, label: int) -> Box | None:
             return None
         values[key] = float(np.rint(values[key]))
     ranges = []
-    for axis, (a, b) in zip("zyx", (("z_min", "z_max"), ("z_mid_y_min", "z_mid_y_max"), ("z_mid_x_min", "z_mid_x_max"))):
+    for a, b in (("z_min", "z_max"), ("z_mid_y_min", "z_mid_y_max"), ("z_mid_x_min", "z_mid_x_max")):
         if values[a] > values[b]:
             notes.add(f"class {label}: {a} > {b}, swapped")
         ranges.append(sorted((values[a], values[b])))

@@ -16,7 +16,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-Bounds = tuple[tuple[int, int, int], tuple[int, int, int]]  # (lo, hi), both inclusive
+from .geometry import Region, clip
+
 TILE_STEP = 2 / 3  # of a patch: the largest stride between neighbouring full-resolution tiles
 
 
@@ -33,14 +34,13 @@ class FieldOfView:
         return self.side / self.patch
 
     @property
-    def bbox(self) -> list[list[int]]:
-        """Half-open crop bounds per axis, as acvl-utils expects them."""
+    def region(self) -> Region:
+        """The crop's voxels (half-open, as acvl-utils expects crop bounds); may reach outside the volume."""
         return [[s, s + self.side] for s in self.start]
 
-    def inside(self, shape: tuple[int, ...]) -> list[list[int]] | None:
-        """The part of the crop inside a volume of `shape` (half-open), or None if they do not meet."""
-        box = [[max(s, 0), min(s + self.side, n)] for s, n in zip(self.start, shape)]
-        return box if all(a < b for a, b in box) else None
+    def inside(self, shape: tuple[int, ...]) -> Region | None:
+        """The part of the crop inside a volume of `shape`, or None if they do not meet."""
+        return clip(self.region, shape)
 
     def to_patch(self, points: np.ndarray) -> np.ndarray:
         """Voxel coordinates (N, 3) -> continuous patch coordinates (voxel centres map to centres)."""
@@ -64,64 +64,28 @@ def around(centre: np.ndarray, patch: int, zoom: float) -> FieldOfView:
     return FieldOfView(start, side, patch)
 
 
-def fit(bounds: Bounds, patch: int, zoom: float | None = None) -> FieldOfView:
-    """The field of view for prompts spanning `bounds`: centred on them, zoomed so they fit."""
-    lo, hi = np.asarray(bounds[0]), np.asarray(bounds[1])
+def fit(region: Region, patch: int, zoom: float | None = None) -> FieldOfView:
+    """The field of view for prompts spanning `region`: centred on them, zoomed so they fit."""
+    lo, end = np.asarray(region).T
     if zoom is None:
-        zoom = zoom_for_extent(hi - lo + 1, patch)
-    return around((lo + hi) / 2, patch, zoom)
+        zoom = zoom_for_extent(end - lo, patch)
+    return around((lo + end - 1) / 2, patch, zoom)
 
 
-def tiles(bounds: Bounds, patch: int) -> list[FieldOfView]:
-    """Zoom-1 fields of view covering `bounds`, spread evenly, neighbours overlapping by at least a third.
+def tiles(region: Region, patch: int) -> list[FieldOfView]:
+    """Zoom-1 fields of view covering `region`, spread evenly, neighbours overlapping by at least a third.
 
     A side no longer than the patch gets one tile centred on it.
     """
     per_axis = []
-    for lo, hi in zip(*bounds):
-        extent = hi - lo + 1
+    for lo, end in region:
+        extent = end - lo
         if extent <= patch:
             per_axis.append([lo - (patch - extent) // 2])
             continue
         count = math.ceil((extent - patch) / (patch * TILE_STEP)) + 1
         per_axis.append([lo + round(i * (extent - patch) / (count - 1)) for i in range(count)])
     return [FieldOfView((z, y, x), patch, patch) for z in per_axis[0] for y in per_axis[1] for x in per_axis[2]]
-
-
-def union(*bounds: Bounds | None) -> Bounds | None:
-    present = [b for b in bounds if b is not None]
-    if not present:
-        return None
-    lo = np.min([b[0] for b in present], axis=0)
-    hi = np.max([b[1] for b in present], axis=0)
-    return tuple(int(v) for v in lo), tuple(int(v) for v in hi)
-
-
-def points_bounds(points: np.ndarray) -> Bounds | None:
-    if len(points) == 0:
-        return None
-    return tuple(int(v) for v in points.min(axis=0)), tuple(int(v) for v in points.max(axis=0))
-
-
-def nonzero_block(image: np.ndarray) -> tuple[slice, ...] | None:
-    """The bounding box of the nonzero voxels as slices, or None if there are none.
-
-    From max (and, for signed values, min) projections: two fast passes, no full-size temporary.
-    """
-    may_be_negative = image.dtype.kind in "if"
-    flat = image.max(axis=0) != 0  # (y, x)
-    if may_be_negative:
-        flat |= image.min(axis=0) != 0
-    if not flat.any():
-        return None
-    z = image.max(axis=(1, 2)) != 0
-    if may_be_negative:
-        z |= image.min(axis=(1, 2)) != 0
-    slices = []
-    for profile in (z, flat.any(axis=1), flat.any(axis=0)):
-        where = np.flatnonzero(profile)
-        slices.append(slice(int(where[0]), int(where[-1]) + 1))
-    return tuple(slices)
 
 
 def _linear_taps(n_in: int, n_out: int, out_idx: np.ndarray):
@@ -144,7 +108,7 @@ def _lerp_axis(t: torch.Tensor, axis: int, i0, i1, w) -> torch.Tensor:
 def sample_linear(volume: np.ndarray, fov: FieldOfView, pad_value: float = 0.0) -> torch.Tensor:
     """The crop resized to patch^3 with trilinear interpolation (float32); outside the volume = pad_value."""
     rows, weights = [], []
-    for axis, n in enumerate(volume.shape):
+    for _ in range(volume.ndim):
         i0, i1, w = _linear_taps(fov.side, fov.patch, np.arange(fov.patch))
         needed = np.unique(np.concatenate([i0, i1]))
         rows.append((needed, np.searchsorted(needed, i0), np.searchsorted(needed, i1)))
@@ -186,7 +150,7 @@ def sample_area(mask: np.ndarray, mask_start: tuple[int, int, int], fov: FieldOf
     return t
 
 
-def upsample_region(probs: torch.Tensor, fov: FieldOfView, region: list[list[int]]) -> torch.Tensor:
+def upsample_region(probs: torch.Tensor, fov: FieldOfView, region: Region) -> torch.Tensor:
     """Trilinear upsampling of patch^3 values back to crop resolution, only for `region` (volume coords)."""
     t = probs
     for axis, (lo, hi) in enumerate(region):

@@ -13,6 +13,7 @@ import torch
 
 from .case_io import ClassPrompt
 from .field_of_view import FieldOfView, upsample_region
+from .geometry import Region, clip, placed, slices, start_of, union
 
 SLAB_VOXELS = 1 << 24  # ~16 M voxels per slab: a few float32 slab buffers stay well under 1 GB
 # Network probabilities are stored as float16 and kept strictly below 1 (the largest float16
@@ -34,26 +35,14 @@ class PatchProbability:
                      z_range: tuple[int, int] | None = None) -> "PatchProbability":
         return cls(label, fov, probs.half().clamp(max=NETWORK_P_MAX), z_range)
 
-    def region(self, shape) -> list[list[int]] | None:
+    def region(self, shape) -> Region | None:
         box = self.fov.inside(shape)
         if box is None or self.z_range is None:
             return box
-        box[0] = [max(box[0][0], self.z_range[0]), min(box[0][1], self.z_range[1] + 1)]
-        return box if box[0][0] < box[0][1] else None
+        return clip(box, [[self.z_range[0], self.z_range[1] + 1], *box[1:]])
 
-    def values(self, region: list[list[int]]) -> torch.Tensor:
+    def values(self, region: Region) -> torch.Tensor:
         return upsample_region(self.probs.float(), self.fov, region)
-
-
-def _block_region(start, size, shape) -> list[list[int]] | None:
-    """The part inside a volume of `shape` of a block of `size` voxels placed at `start` (half-open)."""
-    box = [[max(s, 0), min(s + n, m)] for s, n, m in zip(start, size, shape)]
-    return box if all(a < b for a, b in box) else None
-
-
-def _block_slices(region: list[list[int]], start) -> tuple[slice, ...]:
-    """`region` (volume coordinates) as slices into a block placed at `start`."""
-    return tuple(slice(a - s, b - s) for (a, b), s in zip(region, start))
 
 
 @dataclass(frozen=True)
@@ -68,11 +57,11 @@ class BlockProbability:
     def from_values(cls, label: int, start: tuple[int, int, int], probs: torch.Tensor) -> "BlockProbability":
         return cls(label, start, probs.half().clamp(max=NETWORK_P_MAX))
 
-    def region(self, shape) -> list[list[int]] | None:
-        return _block_region(self.start, self.probs.shape, shape)
+    def region(self, shape) -> Region | None:
+        return clip(placed(self.start, self.probs.shape), shape)
 
-    def values(self, region: list[list[int]]) -> torch.Tensor:
-        return self.probs[_block_slices(region, self.start)].float()
+    def values(self, region: Region) -> torch.Tensor:
+        return self.probs[slices(region, self.start)].float()
 
 
 @dataclass(frozen=True)
@@ -84,17 +73,16 @@ class MaskProbability:
     """
 
     label: int
-    bounds: list[list[int]]
+    bounds: Region
     labels: np.ndarray | None = None
 
-    def region(self, shape) -> list[list[int]] | None:
-        box = [[max(a, 0), min(b, n)] for (a, b), n in zip(self.bounds, shape)]
-        return box if all(a < b for a, b in box) else None
+    def region(self, shape) -> Region | None:
+        return clip(self.bounds, shape)
 
-    def values(self, region: list[list[int]]) -> torch.Tensor:
+    def values(self, region: Region) -> torch.Tensor:
         if self.labels is None:
             return torch.ones([b - a for a, b in region])
-        sub = self.labels[tuple(slice(a, b) for a, b in region)]
+        sub = self.labels[slices(region)]
         return torch.from_numpy(sub == self.label).float()
 
 
@@ -106,16 +94,11 @@ class BlockMask:
     start: tuple[int, int, int]
     block: np.ndarray
 
-    def region(self, shape) -> list[list[int]] | None:
-        return _block_region(self.start, self.block.shape, shape)
+    def region(self, shape) -> Region | None:
+        return clip(placed(self.start, self.block.shape), shape)
 
-    def values(self, region: list[list[int]]) -> torch.Tensor:
-        return torch.from_numpy(self.block[_block_slices(region, self.start)] != 0).float()
-
-
-def _overlap(a: list[list[int]], b: list[list[int]]) -> list[list[int]] | None:
-    box = [[max(x0, y0), min(x1, y1)] for (x0, x1), (y0, y1) in zip(a, b)]
-    return box if all(lo < hi for lo, hi in box) else None
+    def values(self, region: Region) -> torch.Tensor:
+        return torch.from_numpy(self.block[slices(region, self.start)] != 0).float()
 
 
 @dataclass(frozen=True)
@@ -129,20 +112,16 @@ class PatchOverMask:
     def label(self) -> int:
         return self.patch.label
 
-    def region(self, shape) -> list[list[int]] | None:
-        parts = [r for r in (self.patch.region(shape), self.mask.region(shape) if self.mask else None) if r]
-        if not parts:
-            return None
-        return [[min(r[d][0] for r in parts), max(r[d][1] for r in parts)] for d in range(3)]
+    def region(self, shape) -> Region | None:
+        return union(self.patch.region(shape), self.mask.region(shape) if self.mask else None)
 
-    def values(self, region: list[list[int]]) -> torch.Tensor:
+    def values(self, region: Region) -> torch.Tensor:
         out = torch.zeros([hi - lo for lo, hi in region])
         # the crop overwrites the previous mask, background included, as the session pastes it
-        for part, bounds in ((self.mask, self.mask and self.mask.bounds), (self.patch, self.patch.fov.bbox)):
-            where = _overlap(region, bounds) if part is not None else None
+        for part, bounds in ((self.mask, self.mask and self.mask.bounds), (self.patch, self.patch.fov.region)):
+            where = clip(region, bounds) if part is not None else None
             if where is not None:
-                local = tuple(slice(lo - r[0], hi - r[0]) for (lo, hi), r in zip(where, region))
-                out[local] = part.values(where)
+                out[slices(where, start_of(region))] = part.values(where)
         return out
 
 
@@ -157,11 +136,11 @@ class PatchWithinMask:
     def label(self) -> int:
         return self.patch.label
 
-    def region(self, shape) -> list[list[int]] | None:
+    def region(self, shape) -> Region | None:
         parts = [self.patch.region(shape), self.mask.region(shape)]
-        return _overlap(*parts) if all(parts) else None
+        return clip(*parts) if all(parts) else None
 
-    def values(self, region: list[list[int]]) -> torch.Tensor:
+    def values(self, region: Region) -> torch.Tensor:
         return self.patch.values(region) * self.mask.values(region)
 
 

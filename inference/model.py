@@ -4,7 +4,7 @@ patch size, output head) beside the weights. One loader for our weights and nnU-
 `architecture` uses the schema of an nnU-Net plans configuration's "architecture" block,
 or `plans` points at an nnU-Net `plans.json` and a configuration in it; either way the
 network is built by nnunetv2's `get_network_from_plans`. A folder without `model.json` in the
-layout of the public nnInteractive weights gets its spec from `nninteractive_layout.py`.
+layout of the public nnInteractive weights gets its spec from `nninteractive/layout.py`.
 """
 from __future__ import annotations
 
@@ -17,21 +17,19 @@ from pathlib import Path
 
 import torch
 
-from . import nninteractive_layout
-from .boundary import BoundaryRefinement
-from .openvino_forward import BACKENDS, Forward, compile_forward, current_ir
+from .nninteractive import layout as nninteractive_layout
+from .nninteractive.layout import SessionSettings
 from .normalisation import METHODS
+from .openvino_forward import BACKENDS, Forward, compile_forward, current_ir
 from .prompts import LOGICAL_CHANNELS, PromptEncoding
+from .segfm.settings import SegFMSettings
 
 SPEC_FILE = "model.json"
 OUTPUT_HEADS = {"sigmoid": 1, "softmax2": 2}
-# "segfm": our field of view and prompt drawing; "nninteractive": the reference session's (nninteractive_view.py)
-PIPELINES = ("segfm", "nninteractive")
-# the case has boxes / a box bigger than the patch, seen zoomed out (without its own offset it takes the "box" one) /
-# it has clicks only (the challenge's --no-box) / the lone first click of a no-box case, whose extent is the least
-# known (without its own offset it takes the "clicks" one)
-PROMPT_SETTINGS = ("box", "zoomed_box", "clicks", "first_click")
-BOX_SETTINGS = ("box", "zoomed_box")  # the settings of cases that have boxes
+# each pipeline's own settings in a spec; "segfm": our field of view and prompt drawing (segfm/), "nninteractive":
+# the reference session's (nninteractive/). inference/pipelines.py holds what runs each.
+PIPELINE_SETTINGS = {"segfm": SegFMSettings, "nninteractive": SessionSettings}
+AUTOCAST_DTYPES = ("bfloat16", "float16")
 
 
 @dataclass(frozen=True)
@@ -46,23 +44,8 @@ class ModelSpec:
     weights: str
     max_zoom: float = 4.0
     pipeline: str = "segfm"
-    interaction_decay: float = 1.0  # nnInteractive: each older prompt counts this much less
-    # logits added to the foreground margin per prompt setting (segfm pipeline): the weights' calibration,
-    # chosen on tuning cases by training/calibrate.py
-    margin_offset: dict[str, float] = field(default_factory=dict)
-    boundary: BoundaryRefinement | None = None  # segfm pipeline: sharpen zoomed-out answers (boundary.py)
-    # segfm pipeline: a box answer seen zoomed out is predicted again in zoom-1 tiles (segment.py); only for
-    # weights trained on such tiles (training prompting "p_tile"): others lost DSC with it (README)
-    full_resolution_tiles: bool = False
-
-    def offset(self, has_box: bool, interactions: int = 0, zoomed: bool = False) -> float:
-        """The logit offset for a class prompted with (or without) a box and `interactions` clicks so far,
-        on a field of view that is `zoomed` out or not."""
-        if has_box:
-            box = self.margin_offset.get("box", 0.0)
-            return self.margin_offset.get("zoomed_box", box) if zoomed else box
-        clicks = self.margin_offset.get("clicks", 0.0)
-        return self.margin_offset.get("first_click", clicks) if interactions == 1 else clicks
+    settings: SegFMSettings | SessionSettings = field(default_factory=SegFMSettings)  # the pipeline's own
+    autocast: str = "bfloat16"  # the CUDA autocast dtype (float16 where the GPU has no bfloat16)
 
 
 def raw_spec(folder: Path) -> dict:
@@ -98,25 +81,13 @@ def read_spec(folder: str | os.PathLike, patch_size: int | None = None, box_mode
         raise ValueError(f"{SPEC_FILE}: output must be one of {tuple(OUTPUT_HEADS)}, got {raw.get('output')!r}")
     if raw.get("normalisation") not in METHODS:
         raise ValueError(f"{SPEC_FILE}: normalisation must be one of {METHODS}, got {raw.get('normalisation')!r}")
-    if raw.get("pipeline", "segfm") not in PIPELINES:
-        raise ValueError(f"{SPEC_FILE}: pipeline must be one of {PIPELINES}, got {raw.get('pipeline')!r}")
-    decay = float(raw.get("interaction_decay", 1.0))
-    if not 0 < decay <= 1:
-        raise ValueError(f"{SPEC_FILE}: interaction_decay must be in (0, 1], got {decay}")
-    offsets = raw.get("margin_offset", {})
-    if not isinstance(offsets, dict) or set(offsets) - set(PROMPT_SETTINGS) \
-            or not all(isinstance(v, (int, float)) and math.isfinite(v) for v in offsets.values()):
-        raise ValueError(f"{SPEC_FILE}: margin_offset maps {PROMPT_SETTINGS} to finite numbers, got {offsets!r}")
-    boundary = raw.get("boundary_refinement")
-    if boundary is not None and not isinstance(boundary, dict):
-        raise ValueError(f"{SPEC_FILE}: boundary_refinement must be an object or null, got {boundary!r}")
-    try:
-        boundary = BoundaryRefinement(**boundary) if boundary is not None else None
-    except TypeError as exc:
-        raise ValueError(f"{SPEC_FILE}: boundary_refinement: {exc}") from None
-    tiled = raw.get("full_resolution_tiles", False)
-    if not isinstance(tiled, bool):
-        raise ValueError(f"{SPEC_FILE}: full_resolution_tiles must be true or false, got {tiled!r}")
+    pipeline = raw.get("pipeline", "segfm")
+    if pipeline not in PIPELINE_SETTINGS:
+        raise ValueError(f"{SPEC_FILE}: pipeline must be one of {tuple(PIPELINE_SETTINGS)}, got {pipeline!r}")
+    settings = PIPELINE_SETTINGS[pipeline].from_spec(raw, SPEC_FILE)
+    autocast = raw.get("autocast", settings.autocast)
+    if autocast not in AUTOCAST_DTYPES:
+        raise ValueError(f"{SPEC_FILE}: autocast must be one of {AUTOCAST_DTYPES}, got {autocast!r}")
     return ModelSpec(
         folder=folder,
         architecture=architecture,
@@ -127,11 +98,9 @@ def read_spec(folder: str | os.PathLike, patch_size: int | None = None, box_mode
         output=raw["output"],
         weights=raw["weights"],
         max_zoom=float(raw.get("max_zoom", 4.0)),
-        pipeline=raw.get("pipeline", "segfm"),
-        interaction_decay=decay,
-        margin_offset={k: float(v) for k, v in offsets.items()},
-        boundary=boundary,
-        full_resolution_tiles=tiled,
+        pipeline=pipeline,
+        settings=settings,
+        autocast=autocast,
     )
 
 
@@ -170,16 +139,16 @@ class Model:
         self.device = torch.device("cpu")
 
     @torch.inference_mode()
-    def margin(self, x: torch.Tensor) -> torch.Tensor:
+    def foreground_logit(self, x: torch.Tensor) -> torch.Tensor:
         """Foreground logit (P, P, P) on the CPU for one network input (C, P, P, P): > 0 means foreground.
 
         For 2 logits it is logit1 - logit0, so `> 0` is exactly their argmax with ties to background.
         """
         x = x.to(self.device, non_blocking=True)[None]
         if self.device.type == "cuda":
-            # the reference nnInteractive session runs float16 autocast; bf16 has the wider range
-            dtype = torch.float16 if self.spec.pipeline == "nninteractive" or not torch.cuda.is_bf16_supported() \
-                else torch.bfloat16
+            dtype = getattr(torch, self.spec.autocast)
+            if dtype == torch.bfloat16 and not torch.cuda.is_bf16_supported():
+                dtype = torch.float16
             with torch.autocast("cuda", dtype=dtype):
                 logits = self.network(x)[0].float()
         elif self.cpu_forward is not None:
@@ -190,8 +159,8 @@ class Model:
         return fg.cpu()
 
     def probability(self, x: torch.Tensor, offset: float = 0.0) -> torch.Tensor:
-        """Foreground probability (P, P, P) on the CPU for one network input (C, P, P, P), the margin moved by `offset`."""
-        return torch.sigmoid(self.margin(x) + offset)
+        """Foreground probability (P, P, P) on the CPU for one network input (C, P, P, P), the logit moved by `offset`."""
+        return torch.sigmoid(self.foreground_logit(x) + offset)
 
 
 def build_network(spec: ModelSpec) -> torch.nn.Module:
@@ -273,7 +242,7 @@ def _cpu_forward(spec: ModelSpec, backend: str) -> Forward | None:
     if ir is None:
         if backend == "openvino":
             raise FileNotFoundError(f"{spec.folder}: no OpenVINO IR made from these weights "
-                                    f"(python -m inference.openvino_forward {spec.folder})")
+                                    f"(python -m inference.openvino_export {spec.folder})")
         return None
     try:
         return compile_forward(ir, torch.get_num_threads())

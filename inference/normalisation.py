@@ -4,7 +4,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from .field_of_view import nonzero_block
+from .geometry import nonzero_block
 
 # zscore_nonzero_bbox_torch: the same statistics as nnInteractive's session computes them (float32 torch
 # mean and unbiased std), so that the image channel matches it bit for bit

@@ -26,11 +26,12 @@ import torch
 
 from .budget import CallBudget, call_index, process_started, read_ledger, record_call, share_seconds
 from .case_io import Case, CaseError, read_case, write_segs
+from .class_task import Effort, PreparedCase, fallback, prepare
 from .fusion import ClassProbability, apply_clicks, fuse_classes
 from .model import Model, load_model
 from .openvino_forward import BACKENDS
+from .pipelines import segment_class
 from .prompts import BOX_MODES
-from .segment import Effort, PreparedCase, fallback, prepare, segment_class
 
 DEFAULT_INPUTS = "/workspace/inputs"
 DEFAULT_OUTPUTS = "/workspace/outputs"
@@ -178,9 +179,7 @@ def run(input_dir: Path, output_dir: Path, model: Model | None, use_budget: bool
         try:
             case = read_case(path)
         except CaseError as exc:
-            shape = getattr(exc, "file_shape", None)
-            log(f"[{path.name}] ERROR: {exc}; " + ("answering empty" if shape is not None else "no output written"))
-            if shape is None or not try_write(path, output_dir, lambda: np.zeros(shape, np.uint8)):
+            if not answer_unreadable(path, output_dir, exc):
                 unanswered += 1
             continue
         budget, fingerprint, index = case_budget(case, output_dir, started)
@@ -217,9 +216,15 @@ def run(input_dir: Path, output_dir: Path, model: Model | None, use_budget: bool
     return 1 if unanswered else 0
 
 
-def try_write(path: Path, output_dir: Path, make) -> bool:
+def answer_unreadable(path: Path, output_dir: Path, exc: CaseError) -> bool:
+    """A file that cannot be segmented gets zeros of its stored shape where that is known (a missing answer
+    would make the evaluator reuse a stale file); True when an answer was written."""
+    shape = getattr(exc, "file_shape", None)
+    log(f"[{path.name}] ERROR: {exc}; " + ("answering empty" if shape is not None else "no output written"))
+    if shape is None:
+        return False
     try:
-        write_segs(output_dir / path.name, make())
+        write_segs(output_dir / path.name, np.zeros(shape, np.uint8))
         return True
     except OSError as exc:
         log(f"[{path.name}] ERROR: cannot write the output: {exc}")
@@ -237,10 +242,7 @@ def on_deadline(current: CaseRun, remaining: list[Path], output_dir: Path) -> No
                 case = read_case(path)
                 write_answer(output_dir / path.name, case, fallback_segs(case))
             except CaseError as exc:
-                shape = getattr(exc, "file_shape", None)
-                log(f"[{path.name}] ERROR: {exc}")
-                if shape is not None:
-                    try_write(path, output_dir, lambda: np.zeros(shape, np.uint8))
+                answer_unreadable(path, output_dir, exc)
             except OSError as exc:
                 log(f"[{path.name}] ERROR: {exc}")
     finally:

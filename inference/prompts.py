@@ -15,6 +15,7 @@ import torch
 
 from .case_io import Box, ClassPrompt
 from .field_of_view import FieldOfView
+from .geometry import Region, region_of
 
 LOGICAL_CHANNELS = ("image", "box", "fg_clicks", "bg_clicks", "prev_seg", "zero")
 BOX_MODES = ("slab", "mid_slice")
@@ -38,22 +39,22 @@ class PromptEncoding:
             raise ValueError(f"point_radius must be > 0, got {self.point_radius}")
 
 
-def box_bounds(box: Box, mode: str) -> tuple[tuple[int, int, int], tuple[int, int, int]]:
-    """The closed voxel bounds the box prompt covers: the full z-range (slab) or the mid slice."""
+def box_region(box: Box, mode: str) -> Region:
+    """The voxels the box prompt covers: the full z-range (slab) or the mid slice."""
     if mode == "mid_slice":
-        return (box.z_mid, box.lo[1], box.lo[2]), (box.z_mid, box.hi[1], box.hi[2])
-    return box.lo, box.hi
+        return region_of((box.z_mid, box.lo[1], box.lo[2]), (box.z_mid, box.hi[1], box.hi[2]))
+    return region_of(box.lo, box.hi)
 
 
 def box_channel(box: Box | None, fov: FieldOfView, mode: str) -> torch.Tensor:
     channel = torch.zeros((fov.patch,) * 3)
     if box is None:
         return channel
-    lo, hi = box_bounds(box, mode)
+    lo, end = np.asarray(box_region(box, mode)).T
     # exact integers: v * P // side, since float division by the zoom can land a voxel off
     start = np.asarray(fov.start, dtype=np.int64)
-    first = ((np.asarray(lo) - start) * fov.patch) // fov.side
-    last = -((-(np.asarray(hi) + 1 - start) * fov.patch) // fov.side)  # ceil; exclusive
+    first = ((lo - start) * fov.patch) // fov.side
+    last = -((-(end - start) * fov.patch) // fov.side)  # ceil; exclusive
     first, last = np.clip(first, 0, fov.patch), np.clip(last, 0, fov.patch)
     if np.all(last > first):
         channel[first[0]:last[0], first[1]:last[1], first[2]:last[2]] = 1.0
@@ -76,8 +77,8 @@ def ball_template(radius: float, style: str, dtype: type = np.float32) -> np.nda
 def clipped_placement(lo: np.ndarray, size: int, shape: tuple[int, ...]) -> tuple[tuple[slice, ...], tuple[slice, ...]] | None:
     """(template slices, volume slices) of a cube of side `size` whose first voxel is at `lo`, cut at the
     volume's border; None if nothing of it lies inside."""
-    src = tuple(slice(max(-l, 0), size - max(l + size - n, 0)) for l, n in zip(lo, shape))
-    dst = tuple(slice(max(l, 0), min(l + size, n)) for l, n in zip(lo, shape))
+    src = tuple(slice(max(-first, 0), size - max(first + size - n, 0)) for first, n in zip(lo, shape))
+    dst = tuple(slice(max(first, 0), min(first + size, n)) for first, n in zip(lo, shape))
     return (src, dst) if all(s.stop > s.start for s in dst) else None
 
 

@@ -1,6 +1,6 @@
-"""Time boundary refinement (inference/boundary.py) of one class at zoom 1 (a box call), 2, 3 and 4, patch 96.
+"""Time boundary refinement (inference/segfm/boundary.py) of one class at zoom 1 (a box call), 2, 3 and 4, patch 96.
 
-    .venv/bin/python scripts/benchmark_boundary.py
+    .venv/bin/python -m scripts.benchmark_boundary
 
 A ball filling 3/4 of the patch, a random uint8 image of the crop's size; prints seconds and the
 process's peak memory after each zoom (ascending, so each peak is that zoom's).
@@ -8,17 +8,14 @@ process's peak memory after each zoom (ascending, so each peak is that zoom's).
 from __future__ import annotations
 
 import resource
-import sys
 import time
-from pathlib import Path
 
 import numpy as np
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from inference.boundary import BoundaryRefinement, refine_boundary  # noqa: E402
-from inference.field_of_view import FieldOfView  # noqa: E402
-from inference.fusion import PatchProbability  # noqa: E402
+from inference.segfm.boundary import BoundaryRefinement, refine_boundary
+from inference.field_of_view import FieldOfView
+from inference.fusion import PatchProbability
 
 PATCH = 96
 

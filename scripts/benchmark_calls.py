@@ -1,6 +1,6 @@
 """Time the challenge protocol through `sh predict.sh`, whole process per call as the evaluator does.
 
-    .venv/bin/python scripts/benchmark_calls.py [--shape 64 256 256] [--classes 1] [--no-box] [--model DIR] [--no-budget]
+    .venv/bin/python -m scripts.benchmark_calls [--shape 64 256 256] [--classes 1] [--no-box] [--model DIR] [--no-budget]
 
 A case with boxes gets 6 calls (box, then 5 click rounds), one without gets 5; each round's
 clicks come from the harness's simulated user (the official rule). Prints seconds per call,
@@ -19,10 +19,10 @@ from pathlib import Path
 
 import numpy as np
 
+from inference.harness.simulated_user import simulate_round
+from scripts.synthetic_cases import case_arrays, make_volume, write_case
+
 REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO))
-from inference.harness.simulated_user import simulate_round  # noqa: E402
-from inference.synthetic_cases import case_arrays, make_volume, write_case  # noqa: E402
 
 BUDGET_PER_CLASS = 90.0
 

@@ -1,6 +1,6 @@
 """What one training sample costs a feed worker, for several structures drawn per synthesised volume.
 
-    python scripts/benchmark_feed.py [--config training/records/small-gpu-v3/config.json] [--volumes 12]
+    python -m scripts.benchmark_feed [--config training/records/small-gpu-v3/config.json] [--volumes 12]
                                      [--per-volume 1 2 4] [--network]
 
 One thread, as a feed worker runs. The settings are interleaved volume by volume, so that a noisy machine
@@ -11,21 +11,19 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 import time
 from pathlib import Path
 
 import torch
 
+from inference.model import load_model
+from training.label_maps import LabelSources
+from training.samples import Recipe, draw_samples
+
 REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO))
-
-from inference.model import load_model  # noqa: E402
-from training.label_maps import LabelSources  # noqa: E402
-from training.samples import Recipe, draw_samples  # noqa: E402
 
 
-def stand_in_margin(x: torch.Tensor) -> torch.Tensor:
+def stand_in_logit(x: torch.Tensor) -> torch.Tensor:
     """A plausible foreground logit from the box and previous-segmentation channels, at no cost."""
     return (x[-1] - 0.5) * 4 + (x[1] - 0.5)
 
@@ -43,7 +41,7 @@ def main() -> None:
     config = json.loads(Path(args.config).read_text())
     model = load_model(args.model, torch.device("cpu"), backend="torch")
     if not args.network:
-        model.margin = stand_in_margin
+        model.foreground_logit = stand_in_logit
     sources = LabelSources.load()
     totals = {k: {"samples": 0, "seconds": 0.0, "volume": 0.0, "passes": 0.0} for k in args.per_volume}
     for v in range(args.volumes):

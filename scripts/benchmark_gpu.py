@@ -1,6 +1,6 @@
 """GPU figures: forward-pass time of ResEnc-L at 192^3 and of the 13.5 M network at 96^3, then per-call stages.
 
-    python scripts/benchmark_gpu.py [MODEL_DIR ...]     # on a machine with a CUDA GPU
+    python -m scripts.benchmark_gpu [MODEL_DIR ...]     # on a machine with a CUDA GPU
 
 Random weights (time does not depend on them), batch 1, float16 and bfloat16 autocast, cuDNN autotuning
 on, median of 20 passes after 3 warm-ups. Then `benchmark_speed.py --cases mr c100 --calls box` with the
@@ -16,9 +16,9 @@ from pathlib import Path
 
 import torch
 
+from inference.model import network_from_architecture, resenc_architecture
+
 REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO))
-from inference.model import network_from_architecture, resenc_architecture  # noqa: E402
 
 NETWORKS = {  # name: (features, blocks per stage, input channels, output channels, patch)
     "ResEnc-L (nnInteractive v1.0)": ([32, 64, 128, 256, 320, 320], [1, 3, 4, 6, 6, 6], 8, 2, 192),
@@ -53,8 +53,8 @@ def main(argv: list[str]) -> int:
             print(f"{name} {patch}^3 {dtype}: {ms:.1f} ms/forward", flush=True)
         del net
         torch.cuda.empty_cache()
-    return subprocess.run([sys.executable, str(REPO / "scripts" / "benchmark_speed.py"), "--cases", "mr", "c100",
-                           "--calls", "box", "--model", *(argv or ["default"])], check=False).returncode
+    return subprocess.run([sys.executable, "-m", "scripts.benchmark_speed", "--cases", "mr", "c100",
+                           "--calls", "box", "--model", *(argv or ["default"])], check=False, cwd=REPO).returncode
 
 
 if __name__ == "__main__":

@@ -1,6 +1,6 @@
 """Candidate model sizes side by side: forward pass (inference) and training step time on this machine.
 
-    .venv/bin/python scripts/benchmark_model_sizes.py [--patches 64 96 128] [--repeats 3]
+    .venv/bin/python -m scripts.benchmark_model_sizes [--patches 64 96 128] [--repeats 3]
 
 Prints one row per (network, patch): parameters, median seconds per forward pass (batch 1, the
 container's case) and per training step (batch 2, forward + backward). All candidates run in one
@@ -13,16 +13,13 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
-import sys
 import tempfile
 import time
-from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from inference.model import create_random_model  # noqa: E402
-from training.train import DEFAULT_CONFIG, model_spec  # noqa: E402
+from inference.model import create_random_model
+from training.train import DEFAULT_CONFIG, model_spec
 
 CANDIDATES = {
     "tiny 8..128, blocks 1,1,2,2,2": ([8, 16, 32, 64, 128], [1, 1, 2, 2, 2]),
@@ -57,8 +54,8 @@ def main() -> None:
             x1 = torch.randn(1, 5, patch, patch, patch)
             x2 = torch.randn(2, 5, patch, patch, patch)
             with torch.inference_mode():
-                fwd.append(timed(lambda: net(x1)))
-            step.append(timed(lambda: net(x2).mean().backward()))
+                fwd.append(timed(lambda net=net, x1=x1: net(x1)))
+            step.append(timed(lambda net=net, x2=x2: net(x2).mean().backward()))
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads")
     print(f"{'network':<36}{'params':>9}{'patch':>7}{'forward s':>11}{'train step s':>14}")
     for (name, patch), (fwd, step) in results.items():

@@ -1,26 +1,25 @@
 """Time forward passes of a model folder (e.g. nnInteractive v1.0, or random weights in its layout) on this machine.
 
-    .venv/bin/python scripts/benchmark_nninteractive.py DIR [--patch 128 [192 ...]] [--repeat 2]
+    .venv/bin/python -m scripts.benchmark_nninteractive DIR [--patch 128 [192 ...]] [--repeat 2]
 
 Loads DIR as predict.sh would (patch overridden per run), builds the network input of one click
 through the model's pipeline, and prints the load time and seconds per forward pass for each patch.
-Per-call times through `sh predict.sh`: SEGFM_PATCH=128 scripts/benchmark_calls.py --model DIR.
+Per-call times through `sh predict.sh`: SEGFM_PATCH=128 python -m scripts.benchmark_calls --model DIR.
 """
 from __future__ import annotations
 
 import argparse
 import os
-import sys
 import time
 from pathlib import Path
 
 import numpy as np
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from inference.case_io import Case, ClassPrompt  # noqa: E402
-from inference.model import load_model  # noqa: E402
-from inference.segment import Effort, prepare, segment_class  # noqa: E402
+from inference.case_io import Case, ClassPrompt
+from inference.model import load_model
+from inference.class_task import Effort, prepare
+from inference.pipelines import segment_class
 
 
 def main() -> None:

@@ -1,6 +1,6 @@
 """Where one call's time goes: a per-stage table of `predict.sh` calls, whole process per call as the evaluator runs it.
 
-    .venv/bin/python scripts/benchmark_speed.py [--cases mr ct15 ct1000 c100] [--model default DIR ...]
+    .venv/bin/python -m scripts.benchmark_speed [--cases mr ct15 ct1000 c100] [--model default DIR ...]
         [--calls box click] [--patch 64] [--backend torch openvino] [--json FILE]
 
 Cases (synthetic, one ellipsoid per class in noise, written compressed like challenge files):
@@ -24,14 +24,14 @@ import time
 
 STARTED = time.time()  # before any import: the child's first moment
 
-import argparse  # noqa: E402
-import itertools  # noqa: E402
-import json  # noqa: E402
-import os  # noqa: E402
-import subprocess  # noqa: E402
-import sys  # noqa: E402
-import tempfile  # noqa: E402
-from pathlib import Path  # noqa: E402
+import argparse
+import itertools
+import json
+import os
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -44,22 +44,32 @@ CASES = {  # name: (shape z, y, x; classes)
 }
 STAGE_ORDER = ("process start/exit", "imports", "model load", "npz read", "preprocessing", "forward",
                "resampling back", "boundary refinement", "fusion", "write", "other")
-# (module, attribute, stage): the functions whose wall time is a stage; a nested stage's time is its own
+# (module, attribute, stage): the functions whose wall time is a stage; a nested stage's time is its own.
+# Modules a checkout lacks are skipped: the names before the pipelines got their folders come last, so that
+# `--code` can time a checkout of either layout.
 STAGE_FUNCTIONS = (
     ("inference.predict", "load_model", "model load"),
     ("inference.predict", "read_case", "npz read"),
     ("inference.predict", "prepare", "preprocessing"),
+    ("inference.segfm.segment", "network_input", "preprocessing"),
+    ("inference.segfm.tiles", "network_input", "preprocessing"),
+    ("inference.nninteractive.segment", "network_input", "preprocessing"),
+    ("inference.nninteractive.segment", "class_stamps", "preprocessing"),
+    ("inference.model", "Model.foreground_logit", "forward"),
+    ("inference.fusion", "upsample_region", "resampling back"),
+    ("inference.segfm.boundary", "upsample_region", "resampling back"),
+    ("inference.segfm.segment", "refine_boundary", "boundary refinement"),
+    ("inference.nninteractive.segment", "upsampled", "resampling back"),
+    ("inference.predict", "fuse_classes", "fusion"),
+    ("inference.predict", "apply_clicks", "fusion"),
+    ("inference.predict", "write_segs", "write"),
     ("inference.segment", "network_input", "preprocessing"),
     ("inference.segment_nninteractive", "network_input", "preprocessing"),
     ("inference.segment_nninteractive", "class_stamps", "preprocessing"),
     ("inference.model", "Model.margin", "forward"),
-    ("inference.fusion", "upsample_region", "resampling back"),
     ("inference.boundary", "upsample_region", "resampling back"),
     ("inference.segment", "refine_boundary", "boundary refinement"),
     ("inference.segment_nninteractive", "upsampled", "resampling back"),
-    ("inference.predict", "fuse_classes", "fusion"),
-    ("inference.predict", "apply_clicks", "fusion"),
-    ("inference.predict", "write_segs", "write"),
 )
 
 
@@ -69,19 +79,20 @@ STAGE_FUNCTIONS = (
 class StageClock:
     """Exclusive wall time per stage of wrapped functions (a stack: an inner stage's time is not its caller's)."""
 
-    def __init__(self) -> None:
+    def __init__(self, now=time.perf_counter) -> None:
+        self.now = now
         self.seconds: dict[str, float] = {}
         self.calls: dict[str, int] = {}
         self._stack: list[list] = []  # [stage, start, time spent in nested stages]
 
     def wrap(self, function, stage: str):
         def timed(*args, **kwargs):
-            self._stack.append([stage, time.perf_counter(), 0.0])
+            self._stack.append([stage, self.now(), 0.0])
             try:
                 return function(*args, **kwargs)
             finally:
                 name, start, nested = self._stack.pop()
-                spent = time.perf_counter() - start
+                spent = self.now() - start
                 self.seconds[name] = self.seconds.get(name, 0.0) + spent - nested
                 self.calls[name] = self.calls.get(name, 0) + 1
                 if self._stack:
@@ -93,7 +104,10 @@ class StageClock:
         import importlib
 
         for module_name, path, stage in STAGE_FUNCTIONS:
-            owner = importlib.import_module(module_name)
+            try:
+                owner = importlib.import_module(module_name)
+            except ModuleNotFoundError:
+                continue
             *classes, attribute = path.split(".")
             for name in classes:
                 owner = getattr(owner, name)
@@ -127,7 +141,7 @@ def write_box_call(name: str, folder: Path) -> Path:
     """The first call's input folder (boxes only); the labels are kept for the click call."""
     import numpy as np
 
-    from inference.synthetic_cases import case_arrays, grid_volume, write_case
+    from scripts.synthetic_cases import case_arrays, grid_volume, write_case
 
     shape, classes = CASES[name]
     image, labels = grid_volume(shape, classes, seed=0)
@@ -142,7 +156,7 @@ def click_call(name: str, folder: Path, previous: Path) -> Path:
     import numpy as np
 
     from inference.harness.simulated_user import simulate_round
-    from inference.synthetic_cases import write_case
+    from scripts.synthetic_cases import write_case
 
     labels = np.load(folder / name / "labels.npy")
     with np.load(previous) as npz:
@@ -206,7 +220,6 @@ def main() -> None:
     parser.add_argument("--json", type=Path, default=None, help="also write every figure here")
     parser.add_argument("--keep", type=Path, default=None, help="write the cases and answers here (else a temporary folder)")
     args = parser.parse_args()
-    sys.path.insert(0, str(REPO))
     import torch
 
     print(f"{os.cpu_count()} cores ({len(os.sched_getaffinity(0))} usable), torch {torch.__version__}, "

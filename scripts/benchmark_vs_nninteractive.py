@@ -1,9 +1,9 @@
 """Time per interaction: our pipeline against the `nninteractive` package's own session, same weights, same prompts.
 
     sh -c 'python -m pip install --no-deps --target /tmp/parity -r requirements-parity.txt'
-    .venv/bin/python scripts/make_nninteractive_layout.py /tmp/resenc_l --patch 64   # ResEnc-L, random weights
-    .venv/bin/python -m inference.openvino_forward /tmp/resenc_l                     # optional: our CPU IR
-    PYTHONPATH=/tmp/parity .venv/bin/python scripts/benchmark_vs_nninteractive.py /tmp/resenc_l [--repeat 3]
+    .venv/bin/python -m scripts.make_nninteractive_layout /tmp/resenc_l --patch 64   # ResEnc-L, random weights
+    .venv/bin/python -m inference.openvino_export /tmp/resenc_l                     # optional: our CPU IR
+    PYTHONPATH=/tmp/parity .venv/bin/python -m scripts.benchmark_vs_nninteractive /tmp/resenc_l [--repeat 3]
 
 One class, three interactions as in the challenge: a 2D box on its middle slice, then a positive click,
 then a negative one. The session keeps its state between interactions (its image is set once: that time
@@ -19,20 +19,19 @@ import argparse
 import contextlib
 import io
 import os
-import sys
 import time
 from pathlib import Path
 
 import numpy as np
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from inference.case_io import Box, Case, ClassPrompt, box_from_dict  # noqa: E402
-from inference.fusion import fuse_classes  # noqa: E402
-from inference.harness.boxes import organiser_box  # noqa: E402
-from inference.model import load_model  # noqa: E402
-from inference.segment import Effort, prepare, segment_class  # noqa: E402
-from inference.synthetic_cases import grid_volume  # noqa: E402
+from inference.case_io import Box, Case, ClassPrompt, box_from_dict
+from inference.fusion import fuse_classes
+from inference.harness.boxes import organiser_box
+from inference.model import load_model
+from inference.class_task import Effort, prepare
+from inference.pipelines import segment_class
+from scripts.synthetic_cases import grid_volume
 
 
 def interactions(mask: np.ndarray) -> tuple[Box, list[tuple[str, tuple[int, int, int]]]]:

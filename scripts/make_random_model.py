@@ -1,6 +1,6 @@
 """Write a randomly initialised model folder with the default model's architecture (training/config.json).
 
-    python scripts/make_random_model.py DIR [--seed 0] [--config training/config.json]
+    python -m scripts.make_random_model DIR [--seed 0] [--config training/config.json]
 
 Useful for timing and pipeline tests; the shipped `model_weights/default/` holds trained weights.
 """
@@ -8,12 +8,10 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from inference.model import create_random_model  # noqa: E402
-from training.train import DEFAULT_CONFIG, model_spec  # noqa: E402
+from inference.model import create_random_model
+from training.train import DEFAULT_CONFIG, model_spec
 
 
 def main() -> None:

@@ -18,4 +18,4 @@ $pip install -c "$constraint" --no-deps -r requirements-nodeps.txt
 $pip install -c "$constraint" --no-warn-conflicts -r requirements-dev.txt
 ./.venv/bin/python -c "import torch; print('torch', torch.__version__, 'cuda build' if torch.version.cuda else 'cpu build')"
 # the default model's OpenVINO IR (the CPU forward pass) is derived from its weights, not committed
-./.venv/bin/python -m inference.openvino_forward model_weights/default
+./.venv/bin/python -m inference.openvino_export model_weights/default

@@ -1,6 +1,6 @@
 """Stress `predict.sh` with hostile inputs: the fixed corpus plus N randomly malformed cases.
 
-    python scripts/stress_hostile.py [--cases 200] [--seed 0] [--model DIR] [--per-case] [--keep DIR]
+    python -m scripts.stress_hostile [--cases 200] [--seed 0] [--model DIR] [--per-case] [--keep DIR]
 
 Writes the cases into a temporary folder, runs `sh predict.sh IN OUT [--model DIR]` once over
 all of them (with --per-case also once per case, each alone in its input folder as the
@@ -22,11 +22,10 @@ from pathlib import Path
 
 import numpy as np
 
-REPO = Path(__file__).resolve().parent.parent
-sys.path[:0] = [str(REPO), str(REPO / "tests")]
+from tests.hostile_cases import hostile_cases, named_malformed_case, stored_image_shape, write_content
+from inference.case_io import CaseError, read_case
 
-from hostile_cases import hostile_cases, named_malformed_case, stored_image_shape, write_content  # noqa: E402
-from inference.case_io import CaseError, read_case  # noqa: E402
+REPO = Path(__file__).resolve().parent.parent
 
 
 @dataclass

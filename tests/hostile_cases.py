@@ -16,7 +16,7 @@ import numpy as np
 
 from inference.case_io import Box, Case
 from inference.model import create_random_model, resenc_architecture
-from inference.synthetic_cases import case_arrays, make_volume
+from scripts.synthetic_cases import case_arrays, make_volume
 
 SHAPE = (10, 20, 24)  # (z, y, x), every axis different
 BOX_KEYS = ("z_min", "z_max", "z_mid_y_min", "z_mid_y_max", "z_mid_x_min", "z_mid_x_max")

@@ -6,7 +6,7 @@ from pathlib import Path
 import numpy as np
 
 from inference.model import resenc_architecture
-from inference.nninteractive_layout import RESENC_L_BLOCKS, RESENC_L_FEATURES, official_plans, write_layout
+from scripts.make_nninteractive_layout import RESENC_L_BLOCKS, RESENC_L_FEATURES, official_plans, write_layout
 
 SMALL_CONFIGURATION = "3d_fullres_test_ps48"  # a second configuration: the v1.0 plans stay as they are
 SMALL_PATCH = 48

@@ -4,42 +4,56 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
 
+from scripts.benchmark_speed import STAGE_ORDER, StageClock
+
 REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO / "scripts"))
-from benchmark_speed import STAGE_ORDER, StageClock  # noqa: E402
+
+
+class FakeTime:
+    """A clock that moves only when told: stage arithmetic tested exactly, without sleeping."""
+
+    def __init__(self) -> None:
+        self.t = 100.0
+
+    def __call__(self) -> float:
+        return self.t
+
+    def wait(self, seconds: float) -> None:
+        self.t += seconds
 
 
 def test_stage_clock_counts_nested_stages_once():
-    clock = StageClock()
-    inner = clock.wrap(lambda: time.sleep(0.05), "inner")
-    outer = clock.wrap(lambda: (time.sleep(0.05), inner()), "outer")
+    now = FakeTime()
+    clock = StageClock(now)
+    inner = clock.wrap(lambda: now.wait(0.5), "inner")
+    outer = clock.wrap(lambda: (now.wait(0.25), inner()), "outer")
     outer()
     outer()
-    assert clock.seconds["inner"] == pytest.approx(0.10, abs=0.04)
-    assert clock.seconds["outer"] == pytest.approx(0.10, abs=0.04)  # exclusive: not 0.2
+    assert clock.seconds == {"inner": 1.0, "outer": 0.5}  # exclusive: the outer stage's own 2 x 0.25, not 1.5
+    assert clock.calls == {"inner": 2, "outer": 2}
 
 
 def test_a_stage_that_raises_is_still_counted():
-    clock = StageClock()
+    now = FakeTime()
+    clock = StageClock(now)
 
     def fail():
-        time.sleep(0.02)
+        now.wait(0.125)
         raise ValueError
 
     with pytest.raises(ValueError):
         clock.wrap(fail, "failing")()
-    assert clock.seconds["failing"] >= 0.015 and not clock._stack
+    assert clock.seconds == {"failing": 0.125} and not clock._stack
 
 
 def test_the_benchmark_times_every_stage_of_real_calls(tmp_path):
     out = tmp_path / "figures.json"
-    result = subprocess.run([sys.executable, str(REPO / "scripts" / "benchmark_speed.py"), "--cases", "tiny",
-                             "--backend", "torch", "--json", str(out)], capture_output=True, text=True, timeout=600)
+    result = subprocess.run([sys.executable, "-m", "scripts.benchmark_speed", "--cases", "tiny",
+                             "--backend", "torch", "--json", str(out)], capture_output=True, text=True, timeout=600, cwd=REPO)
     assert result.returncode == 0, result.stderr[-2000:]
     columns = json.loads(out.read_text())["tiny"]
     assert set(columns) == {"default/torch box", "default/torch click"}

@@ -7,12 +7,13 @@ import numpy as np
 import pytest
 import torch
 
-from inference.boundary import BoundaryRefinement, refine_boundary
+from inference.segfm.boundary import BoundaryRefinement, refine_boundary
 from inference.case_io import Box, ClassPrompt
 from inference.field_of_view import FieldOfView, sample_area
 from inference.fusion import BlockProbability, PatchProbability, fuse_classes
 from inference.model import Model, read_spec
-from inference.segment import Effort, prepare, segment_class
+from inference.class_task import Effort, prepare
+from inference.pipelines import segment_class
 from tests.test_model import tiny_spec, write_spec
 from tests.test_segment import PATCH, make_case, model  # noqa: F401 (the module's tiny model fixture)
 
@@ -103,9 +104,9 @@ def test_model_json_rejects_bad_boundary_settings(tmp_path, bad):
 
 
 def test_model_json_boundary_settings_parse_and_default_to_off(tmp_path):
-    assert read_spec(write_spec(tmp_path, tiny_spec())).boundary is None
+    assert read_spec(write_spec(tmp_path, tiny_spec())).settings.boundary is None
     spec = read_spec(write_spec(tmp_path, tiny_spec(boundary_refinement={"weight": 0.5})))
-    assert spec.boundary == BoundaryRefinement(weight=0.5)
+    assert spec.settings.boundary == BoundaryRefinement(weight=0.5)
 
 
 def test_segment_class_refines_a_zoomed_out_box_unless_its_effort_says_not(model, monkeypatch):  # noqa: F811
@@ -115,7 +116,7 @@ def test_segment_class_refines_a_zoomed_out_box_unless_its_effort_says_not(model
     grid = ((np.indices((PATCH,) * 3) - 7.5) ** 2).sum(axis=0)
     ball = torch.from_numpy((grid <= 5.5 ** 2).astype(np.float32))  # about 13 voxels at zoom 2.4: too wide
     monkeypatch.setattr(Model, "probability", lambda self, x, offset=0.0: ball.clone())
-    monkeypatch.setattr(model, "spec", replace(model.spec, boundary=SETTINGS))
+    monkeypatch.setattr(model, "spec", replace(model.spec, settings=replace(model.spec.settings, boundary=SETTINGS)))
     prompt = ClassPrompt(1, box=Box((4, 4, 4), (35, 35, 35), 20))  # extent 32 > patch 16: zoom 2.4
     case = replace(make_case(shape=shape, prompts=[prompt]), image=np.where(truth, 200, 20).astype(np.uint8))
     refined = segment_class(model, prepare(case, model), prompt)
@@ -133,7 +134,7 @@ def test_segment_class_refines_zoom_one_answers_only_for_box_prompts(model, monk
     radius = np.sqrt(((np.indices((PATCH,) * 3) - 7.5) ** 2).sum(axis=0))
     ball = torch.sigmoid(torch.from_numpy(6 - radius).float())  # a soft edge 1.5 voxels too wide
     monkeypatch.setattr(Model, "probability", lambda self, x, offset=0.0: ball.clone())
-    monkeypatch.setattr(model, "spec", replace(model.spec, boundary=BoundaryRefinement(min_zoom_with_box=1.0)))
+    monkeypatch.setattr(model, "spec", replace(model.spec, settings=replace(model.spec.settings, boundary=BoundaryRefinement(min_zoom_with_box=1.0))))
     boxed = ClassPrompt(1, box=Box((15, 15, 15), (24, 24, 24), 20))
     clicked = ClassPrompt(1, fg=np.array([[20, 20, 20]]), order=("fg",))
     image = np.where(truth, 200, 20).astype(np.uint8)

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+import pickle
 import stat
 
 import numpy as np
@@ -9,7 +10,7 @@ import pytest
 
 from hostile_cases import box_dict
 from inference.case_io import Box, CaseError, UnsupportedImage, read_case, write_segs
-from inference.synthetic_cases import case_arrays, make_volume, write_case
+from scripts.synthetic_cases import case_arrays, make_volume, write_case
 
 SHAPE = (10, 12, 14)  # (z, y, x): every axis a different length, so swapped axes show
 
@@ -380,10 +381,6 @@ def test_images_with_singleton_axes_are_segmented_in_3d_and_keep_their_file_shap
     np.testing.assert_array_equal(case.image.reshape(shape), image)
 
 
-def test_case_error_is_a_value_error():
-    assert issubclass(CaseError, ValueError)
-
-
 # ----------------------------------------------------------------------------- write_segs
 
 
@@ -457,7 +454,7 @@ def test_failed_write_keeps_the_previous_answer_intact(tmp_path, monkeypatch):
 def test_unsaveable_segs_leave_no_file(tmp_path):
     segs = np.empty(3, dtype=object)
     segs[:] = [lambda: 0, 1, 2]  # pickling a lambda fails half-way through the write
-    with pytest.raises(Exception):
+    with pytest.raises((pickle.PicklingError, AttributeError)):  # a local lambda cannot be pickled
         write_segs(tmp_path / "case.npz", segs)
     assert os.listdir(tmp_path) == []
 

@@ -12,6 +12,7 @@ from acvl_utils.cropping_and_padding.bounding_boxes import crop_and_pad_nd
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from inference.geometry import region_of
 from inference.field_of_view import (
     FieldOfView,
     around,
@@ -43,14 +44,14 @@ def _expected_side(extent, patch: int) -> int:
 
 
 def _reference_linear(volume: np.ndarray, fov: FieldOfView, pad: float) -> torch.Tensor:
-    crop = crop_and_pad_nd(volume, fov.bbox, pad_value=pad)
+    crop = crop_and_pad_nd(volume, fov.region, pad_value=pad)
     assert crop.shape == (fov.side,) * 3
     t = torch.from_numpy(np.ascontiguousarray(crop))[None, None].float()
     return F.interpolate(t, size=(fov.patch,) * 3, mode="trilinear", align_corners=False)[0, 0]
 
 
 def _reference_area(full_mask: np.ndarray, fov: FieldOfView) -> torch.Tensor:
-    crop = crop_and_pad_nd(full_mask.astype(np.float32), fov.bbox, pad_value=0)
+    crop = crop_and_pad_nd(full_mask.astype(np.float32), fov.region, pad_value=0)
     t = torch.from_numpy(np.ascontiguousarray(crop))[None, None]
     return F.adaptive_avg_pool3d(t, fov.patch)[0, 0]
 
@@ -104,7 +105,7 @@ BOUNDS = [
 @pytest.mark.parametrize("bounds", BOUNDS)
 def test_fit_side_and_centre(bounds):
     lo, hi = np.asarray(bounds[0]), np.asarray(bounds[1])
-    fov = fit(bounds, P)
+    fov = fit(region_of(*bounds), P)
     extent = hi - lo + 1
     assert fov.patch == P
     assert fov.side == _expected_side(extent, P)
@@ -117,20 +118,20 @@ def test_fit_side_and_centre(bounds):
 
 
 def test_fit_at_the_volume_edge_starts_before_the_volume():
-    fov = fit(((0, 0, 0), (0, 0, 0)), P)
+    fov = fit(region_of((0, 0, 0), (0, 0, 0)), P)
     assert fov.side == P
     assert all(s < 0 for s in fov.start)
     assert np.all(np.abs(_crop_centre(fov)) <= 0.5)
 
 
 def test_fit_allows_zoom_above_four_for_huge_boxes():
-    fov = fit(((0, 0, 0), (99, 5, 5)), P)
+    fov = fit(region_of((0, 0, 0), (99, 5, 5)), P)
     assert fov.zoom > 4
     assert fov.side == math.ceil(100 + P / 3)
 
 
 def test_fit_with_a_given_zoom():
-    fov = fit(((10, 10, 10), (12, 12, 12)), P, zoom=2.5)
+    fov = fit(region_of((10, 10, 10), (12, 12, 12)), P, zoom=2.5)
     assert fov.side == 40
     assert np.all(np.abs(_crop_centre(fov) - 11) <= 0.5)
 
@@ -157,7 +158,7 @@ def test_around_side_is_not_inflated_by_float_rounding():
     assert 30 * (31 / 30) > 31
     assert around(np.array([50.0, 50.0, 50.0]), 30, 31 / 30).side == 31
     # the same through the zoom rule: extent 21 with patch 30 gives zoom (21 + 10) / 30
-    assert fit(((0, 0, 0), (20, 4, 4)), 30).side == 31
+    assert fit(region_of((0, 0, 0), (20, 4, 4)), 30).side == 31
 
 
 # ----------------------------------------------------------------------------- FieldOfView.inside and zoomed_out
@@ -165,7 +166,7 @@ def test_around_side_is_not_inflated_by_float_rounding():
 
 def test_inside_clips_to_the_volume():
     fov = FieldOfView((-5, 3, 10), 16, P)
-    assert fov.bbox == [[-5, 11], [3, 19], [10, 26]]
+    assert fov.region == [[-5, 11], [3, 19], [10, 26]]
     assert fov.inside((20, 30, 20)) == [[0, 11], [3, 19], [10, 20]]
     assert fov.inside((100, 100, 100)) == [[0, 11], [3, 19], [10, 26]]
 
@@ -360,14 +361,14 @@ def test_upsample_region_of_sub_blocks(region):
 def test_upsample_of_the_whole_crop_matches_torch():
     fov = FieldOfView((-7, 3, 12), 45, P)
     probs = torch.rand((P, P, P), generator=torch.Generator().manual_seed(2))
-    out = upsample_region(probs, fov, fov.bbox)
+    out = upsample_region(probs, fov, fov.region)
     torch.testing.assert_close(out, _reference_upsample(probs, fov), atol=1e-5, rtol=0)
 
 
 def test_upsample_at_zoom_one_is_the_identity():
     fov = FieldOfView((3, -2, 1), P, P)
     probs = torch.rand((P, P, P), generator=torch.Generator().manual_seed(3))
-    assert torch.equal(upsample_region(probs, fov, fov.bbox), probs)
+    assert torch.equal(upsample_region(probs, fov, fov.region), probs)
     assert torch.equal(upsample_region(probs, fov, [[5, 8], [0, 4], [1, 17]]), probs[2:5, 2:6, 0:16])
 
 
@@ -433,7 +434,7 @@ def test_property_upsample_region_matches_torch(start, side, data):
 def test_property_fit_is_centred_and_holds_the_prompts(lo, extent, patch):
     lo = np.asarray(lo)
     hi = lo + np.asarray(extent) - 1
-    fov = fit((tuple(lo), tuple(hi)), patch)
+    fov = fit(region_of(tuple(lo), tuple(hi)), patch)
     assert fov.side == _expected_side(extent, patch)
     assert np.all(np.abs(_crop_centre(fov) - (lo + hi) / 2) <= 0.5)
     assert np.all(np.asarray(fov.start) <= lo) and np.all(np.asarray(fov.start) + fov.side - 1 >= hi)
@@ -447,7 +448,7 @@ def test_property_fit_is_centred_and_holds_the_prompts(lo, extent, patch):
 @settings(max_examples=200, deadline=None)
 def test_property_tiles_are_zoom_one_cover_the_bounds_and_overlap_by_a_third(lo, extent, patch):
     hi = tuple(a + e - 1 for a, e in zip(lo, extent))
-    found = tiles((lo, hi), patch)
+    found = tiles(region_of(lo, hi), patch)
     assert all(t.zoom == 1 and t.side == patch for t in found)
     for axis in range(3):
         starts = sorted({t.start[axis] for t in found})

@@ -21,7 +21,9 @@ from hostile_cases import BOX_KEYS, check_case, objects, stored_image_shape
 from inference.case_io import Case, CaseError, UnsupportedImage, read_case
 from inference.field_of_view import fit
 from inference.prompts import PromptEncoding, prompt_channels
-from inference.segment import PreparedCase, prompt_bounds
+from inference.class_task import PreparedCase
+from inference.geometry import region_of
+from inference.segfm.inputs import prompt_region
 
 PATCH = 16
 NAME = "fuzz.npz"
@@ -120,28 +122,28 @@ def to_array(value) -> np.ndarray:
 # ----------------------------------------------------------------------------- the target
 
 
-def previous_bounds(prev: np.ndarray | None) -> dict:
-    """Closed bounds per label of the previous prediction (segment.label_bounds, without cc3d's
+def previous_regions(prev: np.ndarray | None) -> dict:
+    """The region of each label of the previous prediction (class_task.label_regions, without cc3d's
     limit of labels below the voxel count that tiny fuzzed volumes break)."""
     if prev is None:
         return {}
-    bounds = {}
+    regions = {}
     for label in np.unique(prev):
         if label:
             where = np.argwhere(prev == label)
-            bounds[int(label)] = (tuple(int(v) for v in where.min(axis=0)), tuple(int(v) for v in where.max(axis=0)))
-    return bounds
+            regions[int(label)] = region_of(where.min(axis=0), where.max(axis=0))
+    return regions
 
 
 def draw_every_prompt(case: Case) -> int:
-    prepared = PreparedCase(case, 0.0, 1.0, previous_bounds(case.prev_pred))
+    prepared = PreparedCase(case, 0.0, 1.0, previous_regions(case.prev_pred))
     encoding = PromptEncoding()
     drawn = 0
     for prompt in case.prompts:
-        bounds = prompt_bounds(prepared, prompt)
-        if bounds is None:
+        region = prompt_region(prepared, prompt)
+        if region is None:
             continue
-        fov = fit(bounds, PATCH)
+        fov = fit(region, PATCH)
         assert math.isfinite(fov.zoom) and fov.side >= PATCH
         for name, channel in prompt_channels(prompt, fov, encoding).items():
             assert channel.shape == (PATCH,) * 3, name

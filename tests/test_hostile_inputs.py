@@ -11,7 +11,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-import inference.fusion as fusion
 from hostile_cases import (
     check_case,
     hostile_cases,
@@ -271,8 +270,6 @@ def test_predict_sh_keeps_the_clicked_answers_in_the_stored_layout(corpus_dir, c
     assert checked >= 20
 
 
-@pytest.mark.xfail(not hasattr(fusion, "label_dtype"), strict=False,
-                   reason="answers beyond 255 labels need the uint16 fusion change")
 @pytest.mark.parametrize("name", MANY_CLASSES)
 def test_predict_sh_answers_more_than_255_classes_in_uint16(corpus_dir, corpus_run, name):
     _, outputs = corpus_run

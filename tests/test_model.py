@@ -115,29 +115,29 @@ def test_read_spec_cubic_patch_list_and_defaults(tmp_path):
     assert spec.prompts == PromptEncoding()
 
 
-def test_margin_offset_is_per_prompt_setting_and_moves_the_probability(tmp_path):
-    assert read_spec(write_spec(tmp_path, tiny_spec())).margin_offset == {}
-    spec = tiny_spec(margin_offset={"box": 1.5})
+def test_logit_offset_is_per_prompt_setting_and_moves_the_probability(tmp_path):
+    assert read_spec(write_spec(tmp_path, tiny_spec())).settings.logit_offset == {}
+    spec = tiny_spec(logit_offset={"box": 1.5})
     save_model(tmp_path, spec, make_network(tmp_path, spec))
     model = load_model(tmp_path, torch.device("cpu"))
-    assert (model.spec.offset(has_box=True), model.spec.offset(has_box=False)) == (1.5, 0.0)
+    assert (model.spec.settings.offset(has_box=True), model.spec.settings.offset(has_box=False)) == (1.5, 0.0)
     x = random_input()
-    torch.testing.assert_close(model.probability(x, 1.5), torch.sigmoid(model.margin(x) + 1.5))
+    torch.testing.assert_close(model.probability(x, 1.5), torch.sigmoid(model.foreground_logit(x) + 1.5))
 
 
 def test_first_click_offset_applies_to_the_lone_first_click_without_a_box_and_defaults_to_the_clicks_one(tmp_path):
-    spec = read_spec(write_spec(tmp_path, tiny_spec(margin_offset={"box": 1.0, "clicks": 0.5, "first_click": -1.0})))
-    assert [spec.offset(True, 1), spec.offset(False, 1), spec.offset(False, 2), spec.offset(False, 0)] == [1.0, -1.0, 0.5, 0.5]
-    spec = read_spec(write_spec(tmp_path, tiny_spec(margin_offset={"clicks": 0.5})))
-    assert spec.offset(False, 1) == 0.5
+    spec = read_spec(write_spec(tmp_path, tiny_spec(logit_offset={"box": 1.0, "clicks": 0.5, "first_click": -1.0})))
+    assert [spec.settings.offset(True, 1), spec.settings.offset(False, 1), spec.settings.offset(False, 2), spec.settings.offset(False, 0)] == [1.0, -1.0, 0.5, 0.5]
+    spec = read_spec(write_spec(tmp_path, tiny_spec(logit_offset={"clicks": 0.5})))
+    assert spec.settings.offset(False, 1) == 0.5
 
 
 def test_a_box_seen_zoomed_out_takes_the_zoomed_box_offset_else_the_box_one(tmp_path):
-    spec = read_spec(write_spec(tmp_path, tiny_spec(margin_offset={"box": 1.0, "zoomed_box": 0.0, "clicks": 0.5})))
-    assert [spec.offset(True, 0), spec.offset(True, 0, zoomed=True), spec.offset(True, 3, zoomed=True),
-            spec.offset(False, 2, zoomed=True)] == [1.0, 0.0, 0.0, 0.5]
-    spec = read_spec(write_spec(tmp_path, tiny_spec(margin_offset={"box": 1.0})))
-    assert spec.offset(True, 0, zoomed=True) == 1.0
+    spec = read_spec(write_spec(tmp_path, tiny_spec(logit_offset={"box": 1.0, "zoomed_box": 0.0, "clicks": 0.5})))
+    assert [spec.settings.offset(True, 0), spec.settings.offset(True, 0, zoomed=True), spec.settings.offset(True, 3, zoomed=True),
+            spec.settings.offset(False, 2, zoomed=True)] == [1.0, 0.0, 0.0, 0.5]
+    spec = read_spec(write_spec(tmp_path, tiny_spec(logit_offset={"box": 1.0})))
+    assert spec.settings.offset(True, 0, zoomed=True) == 1.0
 
 
 @pytest.mark.parametrize(
@@ -148,9 +148,9 @@ def test_a_box_seen_zoomed_out_takes_the_zoomed_box_offset_else_the_box_one(tmp_
         ({"patch_size": [16, 16, 32]}, "patch_size"),
         ({"output": "softmax3"}, "output"),
         ({"normalisation": "minmax"}, "normalisation"),
-        ({"margin_offset": {"nobox": 1.0}}, "margin_offset"),
-        ({"margin_offset": {"box": float("nan")}}, "margin_offset"),
-        ({"margin_offset": 1.0}, "margin_offset"),
+        ({"logit_offset": {"nobox": 1.0}}, "logit_offset"),
+        ({"logit_offset": {"box": float("nan")}}, "logit_offset"),
+        ({"logit_offset": 1.0}, "logit_offset"),
         ({"full_resolution_tiles": "yes"}, "full_resolution_tiles"),
         ({"full_resolution_tiles": 1}, "full_resolution_tiles"),
     ],
@@ -161,8 +161,8 @@ def test_read_spec_rejects_bad_fields(tmp_path, override, field):
 
 
 def test_full_resolution_tiles_are_off_unless_model_json_turns_them_on(tmp_path):
-    assert read_spec(write_spec(tmp_path / "a", tiny_spec())).full_resolution_tiles is False
-    assert read_spec(write_spec(tmp_path / "b", tiny_spec(full_resolution_tiles=True))).full_resolution_tiles is True
+    assert read_spec(write_spec(tmp_path / "a", tiny_spec())).settings.full_resolution_tiles is False
+    assert read_spec(write_spec(tmp_path / "b", tiny_spec(full_resolution_tiles=True))).settings.full_resolution_tiles is True
 
 
 def test_read_spec_rejects_missing_output_and_normalisation(tmp_path):

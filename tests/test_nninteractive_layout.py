@@ -1,4 +1,4 @@
-"""A folder in the official nnInteractive v1.0 layout loads as-is (inference.nninteractive_layout, inference.model)."""
+"""A folder in the official nnInteractive v1.0 layout loads as-is (inference/nninteractive/layout.py, inference.model)."""
 from __future__ import annotations
 
 import dataclasses
@@ -9,16 +9,9 @@ import pytest
 import torch
 
 from inference.model import build_network, load_model, load_state_dict, read_spec, resenc_architecture
-from inference.nninteractive_layout import (
-    CHANNELS,
-    DEFAULT_CONFIGURATION,
-    RESENC_L_BLOCKS,
-    RESENC_L_FEATURES,
-    derive_spec,
-    is_layout,
-    official_plans,
-)
+from inference.nninteractive.layout import CHANNELS, DEFAULT_CONFIGURATION, derive_spec, is_layout
 from inference.prompts import PromptEncoding
+from scripts.make_nninteractive_layout import RESENC_L_BLOCKS, RESENC_L_FEATURES, official_plans
 from nninteractive_fixtures import SMALL_CONFIGURATION, SMALL_PATCH, layout_plans, small_layout
 
 
@@ -51,7 +44,7 @@ def test_spec_derived_from_the_layout(layout):
     assert spec.output == "softmax2" and spec.pipeline == "nninteractive"
     assert spec.normalisation == "zscore_nonzero_bbox_torch"
     assert spec.prompts == PromptEncoding(box="mid_slice", points="distance", point_radius=4)
-    assert spec.interaction_decay == 0.98  # the package's default when the session file has no decay
+    assert spec.settings.interaction_decay == 0.98  # the package's default when the session file has no decay
     assert spec.patch_size == SMALL_PATCH  # from the checkpoint's configuration in the plans
     assert spec.weights == "fold_0/checkpoint_final.pth"
     assert spec.architecture["arch_kwargs"]["features_per_stage"] == [8, 16, 32, 64]
@@ -60,10 +53,10 @@ def test_spec_derived_from_the_layout(layout):
 def test_session_file_sets_radius_and_decay(tmp_path):
     folder = small_layout(tmp_path / "a", session={"point_radius": 3, "interaction_decay": 0.9})
     spec = read_spec(folder)
-    assert spec.prompts.point_radius == 3 and spec.interaction_decay == 0.9
+    assert spec.prompts.point_radius == 3 and spec.settings.interaction_decay == 0.9
     # the oldest format: a bare class name, for which the package uses a decay of 0.9
     (folder / "inference_session_class.json").write_text(json.dumps("nnInteractiveInferenceSession"))
-    assert read_spec(folder).interaction_decay == 0.9 and read_spec(folder).prompts.point_radius == 4
+    assert read_spec(folder).settings.interaction_decay == 0.9 and read_spec(folder).prompts.point_radius == 4
 
 
 def test_configuration_defaults_to_v1_without_init_args(layout, tmp_path):
@@ -108,7 +101,7 @@ def test_two_logits_become_a_foreground_probability(layout):
     model = load_model(layout, torch.device("cpu"))
     x = torch.randn(8, SMALL_PATCH, SMALL_PATCH, SMALL_PATCH, generator=torch.Generator().manual_seed(0))
     logits = model.network(x[None])[0].detach()
-    torch.testing.assert_close(model.margin(x), logits[1] - logits[0])
+    torch.testing.assert_close(model.foreground_logit(x), logits[1] - logits[0])
     torch.testing.assert_close(model.probability(x), torch.softmax(logits, 0)[1], atol=1e-6, rtol=1e-5)
 
 

@@ -29,10 +29,10 @@ from inference.case_io import Box, Case, ClassPrompt
 from inference.fusion import fuse_classes
 from inference.model import load_model
 from inference.predict import predict_case
-from inference.segment import Effort, prepare, segment_class
+from inference.class_task import Effort, prepare
+from inference.pipelines import segment_class
 from nninteractive_fixtures import (
     RESENC_L_SMALL_PATCH,
-    SMALL_PATCH,
     SMALL_REFINE_CONFIGURATION,
     sample_image,
     small_layout,

@@ -9,27 +9,22 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from inference.autozoom import SESSION_BORDER
 from inference.case_io import Box, Case, ClassPrompt
 from inference.fusion import BlockMask, MaskProbability, PatchOverMask, PatchProbability, fuse_classes
 from inference.model import load_model
-from inference.nninteractive_layout import CHANNELS
-from inference.nninteractive_refine import changed_region, cover, plan, window_extreme
-from inference.nninteractive_view import (
-    View,
-    border_changed,
-    box_half_open,
-    class_stamps,
-    dilate,
-    network_input,
-    odd_kernel,
-    ordered_clicks,
-)
-from inference.predict import predict_case
+from inference.nninteractive.layout import CHANNELS
+from inference.nninteractive.filters import dilate, window_extreme
+from inference.nninteractive.refine import changed_region, cover, plan
+from inference.nninteractive.view import View, class_stamps, network_input, odd_kernel, ordered_clicks, stored_box
 from inference.prompts import ball_template
-from inference.segment import Effort, prepare, segment_class
-from inference.segment_nninteractive import decisive_probability
-from inference.synthetic_cases import case_arrays, make_volume, write_case
+from inference.class_task import Effort, prepare
+from inference.pipelines import segment_class
+from inference.nninteractive.segment import decisive_probability
+from scripts.synthetic_cases import case_arrays, make_volume, write_case
 from nninteractive_fixtures import SMALL_PATCH, sample_image, small_layout
+
+border_changed = SESSION_BORDER.changed
 
 BOX = Box(lo=(10, 20, 30), hi=(14, 29, 45), z_mid=13)
 
@@ -43,14 +38,14 @@ def test_view_crop_rounds_like_the_session():
     assert fov.side == 72 and fov.start == (-26, -16, -6) and fov.patch == 48
     assert View((0, 0, 0), 48.5 / 48, 48).fov.side == 48  # round half to even: 48.5 -> 48
     assert View((0, 0, 0), 49.5 / 48, 48).fov.side == 50
-    assert View((5, 5, 5), 3, 48).zoomed_out(4).factor == 4 and View((5, 5, 5), 1, 48).zoomed_out(4).factor == 1.5
+    assert View((5, 5, 5), 3, 48).zoomed_out(4).zoom == 4 and View((5, 5, 5), 1, 48).zoomed_out(4).zoom == 1.5
 
 
-def test_box_half_open_mid_slice_slab_and_clipping():
-    assert box_half_open(BOX, "mid_slice", (50, 50, 50)) == [[13, 14], [20, 30], [30, 46]]
-    assert box_half_open(BOX, "slab", (50, 50, 50)) == [[10, 15], [20, 30], [30, 46]]
-    assert box_half_open(BOX, "slab", (12, 25, 40)) == [[10, 12], [20, 25], [30, 40]]
-    assert box_half_open(Box((0, 0, 0), (3, 3, 3), 40), "mid_slice", (20, 20, 20)) == [[19, 20], [0, 4], [0, 4]]
+def test_stored_box_mid_slice_slab_and_clipping():
+    assert stored_box(BOX, "mid_slice", (50, 50, 50)) == [[13, 14], [20, 30], [30, 46]]
+    assert stored_box(BOX, "slab", (50, 50, 50)) == [[10, 15], [20, 30], [30, 46]]
+    assert stored_box(BOX, "slab", (12, 25, 40)) == [[10, 12], [20, 25], [30, 40]]
+    assert stored_box(Box((0, 0, 0), (3, 3, 3), 40), "mid_slice", (20, 20, 20)) == [[19, 20], [0, 4], [0, 4]]
 
 
 def test_clicks_in_time_order():
@@ -73,7 +68,7 @@ def test_stamps_intensity_grows_per_prompt_and_the_view_follows_the_newest():
     # centre round((13 + 14) / 2) = 14 (half to even); zoom max(1, (16 + 48 // 3) / 48) = 1
     assert box_only.view == View((14, 25, 38), 1, 48)
     wide = Box(lo=(10, 0, 0), hi=(14, 9, 59), z_mid=12)
-    assert class_stamps(ClassPrompt(1, box=wide), (50, 60, 70), 48, "mid_slice", d).view.factor == (60 + 16) / 48
+    assert class_stamps(ClassPrompt(1, box=wide), (50, 60, 70), 48, "mid_slice", d).view.zoom == (60 + 16) / 48
     assert class_stamps(ClassPrompt(1, box=BOX), (50, 60, 70), 48, "slab", 1.0).intensity == 1.0
     assert class_stamps(ClassPrompt(1), (50, 60, 70), 48, "slab", d).view is None
 
@@ -215,7 +210,7 @@ def test_predict_sh_with_the_layout_patch_and_box_mode(tmp_path, run_predict_sh,
     assert result.returncode != 0 and "cube" in result.stderr
 
 
-# ----------------------------------------------------------------------------- refinement (nninteractive_refine.py)
+# ----------------------------------------------------------------------------- refinement (nninteractive/refine.py)
 
 
 def test_opening_on_the_block_equals_the_opening_of_the_whole_crop():

@@ -7,7 +7,6 @@ the project's own.  The predictors below are small deterministic scripts run as
 from __future__ import annotations
 
 import csv
-import importlib.util
 import math
 import shlex
 import subprocess
@@ -313,15 +312,6 @@ def _close(a: float, b: float, tol: float) -> bool:
     return abs(a - b) <= tol
 
 
-def _harness_missing() -> bool:
-    try:
-        return importlib.util.find_spec("inference.harness") is None
-    except ModuleNotFoundError:  # `inference` itself not importable
-        return True
-
-
-@pytest.mark.skipif(_harness_missing(),
-                    reason="inference.harness does not exist yet: nothing to compare the replica with")
 @pytest.mark.parametrize("no_box", [False, True], ids=["box", "no-box"])
 def test_replica_matches_harness(tmp_path, no_box):
     boxed = _comparison_cases(tmp_path / "cases", boxes=True)

@@ -48,8 +48,8 @@ def test_no_cuda_torch_and_no_timm_chain_in_this_environment():
 
 def test_requirements_pin_every_package():
     for name in ("requirements.txt", "requirements-nodeps.txt", "requirements-dev.txt", "requirements-parity.txt"):
-        lines = [l.strip() for l in (REPO / name).read_text().splitlines() if l.strip() and not l.startswith("#")]
-        assert lines and all("==" in l for l in lines), name
+        lines = [s.strip() for s in (REPO / name).read_text().splitlines() if s.strip() and not s.startswith("#")]
+        assert lines and all("==" in line for line in lines), name
 
 
 def test_default_model_is_small_and_loads_without_download(default_model):

@@ -7,9 +7,10 @@ import pytest
 from inference.budget import LEDGER_FILE
 from inference.case_io import read_case
 from inference.predict import predict_case
-from inference.segment import prepare, segment_class
+from inference.class_task import prepare
+from inference.pipelines import segment_class
 from inference.harness.simulated_user import deepest_voxel
-from inference.synthetic_cases import case_arrays, make_volume, write_case
+from scripts.synthetic_cases import case_arrays, make_volume, write_case
 
 
 def load_segs(path):

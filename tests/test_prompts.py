@@ -38,7 +38,7 @@ def _nonzero_ranges(channel: torch.Tensor) -> list[tuple[int, int]]:
 
 def _expected_box(box_lo, box_hi, fov: FieldOfView) -> torch.Tensor:
     out = torch.zeros((fov.patch,) * 3)
-    ranges = [_touched(l, h, s, fov.side, fov.patch) for l, h, s in zip(box_lo, box_hi, fov.start)]
+    ranges = [_touched(lo, hi, s, fov.side, fov.patch) for lo, hi, s in zip(box_lo, box_hi, fov.start)]
     if all(b > a for a, b in ranges):
         out[tuple(slice(a, b) for a, b in ranges)] = 1.0
     return out

@@ -1,4 +1,5 @@
-"""Tests for inference.segment: bounds, AutoZoom border test, per-class segmentation and fallback."""
+"""Tests for the segfm pipeline (inference/segfm) and the class task it shares: regions, AutoZoom's border
+test, per-class segmentation and fallback."""
 from __future__ import annotations
 
 from dataclasses import replace
@@ -8,24 +9,20 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-import inference.segment as segment
+import inference.segfm.segment as segment
+import inference.segfm.tiles as tiles
+from inference.autozoom import SEGFM_BORDER, SESSION_FACE
 from inference.case_io import Box, Case, ClassPrompt
+from inference.class_task import Effort, PreparedCase, fallback, label_regions, prepare
 from inference.field_of_view import FieldOfView
 from inference.fusion import BlockProbability, MaskProbability, PatchProbability, fuse_classes
 from inference.model import Model, create_random_model, load_model, resenc_architecture
 from inference.prompts import box_channel, click_channel
-from inference.segment import (
-    Effort,
-    PreparedCase,
-    border_changed,
-    fallback,
-    label_bounds,
-    network_input,
-    prepare,
-    previous_channel,
-    prompt_bounds,
-    segment_class,
-)
+from inference.geometry import region_of
+from inference.pipelines import segment_class
+from inference.segfm.inputs import network_input, previous_channel, prompt_region
+
+border_changed = SEGFM_BORDER.changed
 
 PATCH = 16
 CHANNELS = ["image", "box", "fg_clicks", "bg_clicks", "prev_seg"]
@@ -69,6 +66,10 @@ def nonzero_bounds(mask):
     return tuple(int(i.min()) for i in idx), tuple(int(i.max()) for i in idx)
 
 
+def nonzero_region(mask):
+    return region_of(*nonzero_bounds(mask))
+
+
 def fov_contains(fov: FieldOfView, lo, hi) -> bool:
     return all(s <= a and b <= s + fov.side - 1 for s, a, b in zip(fov.start, lo, hi))
 
@@ -81,6 +82,7 @@ def forbid_network(monkeypatch):
 
 
 def record_fovs(monkeypatch):
+    """The fields of view the segfm pipeline feeds the network, in order (its passes and its tiles)."""
     fovs = []
     original = segment.network_input
 
@@ -89,46 +91,52 @@ def record_fovs(monkeypatch):
         return original(model, prepared, prompt, fov, previous=previous)
 
     monkeypatch.setattr(segment, "network_input", wrapper)
+    monkeypatch.setattr(tiles, "network_input", wrapper)
     return fovs
 
 
-# ----------------------------------------------------------------------------- label_bounds
+def with_settings(model, **changes):
+    """The model's spec with some segfm settings changed."""
+    return replace(model.spec, settings=replace(model.spec.settings, **changes))
 
 
-def test_label_bounds_match_nonzero_min_max():
+# ----------------------------------------------------------------------------- label_regions
+
+
+def test_label_regions_match_nonzero_min_max():
     rng = np.random.default_rng(0)
     labels = np.zeros((17, 19, 23), dtype=np.uint8)
     labels[2:6, 3:9, 1:4] = 1
     labels[10, 0, 22] = 1  # a far single voxel stretches label 1
     labels[8:17, 12:19, 5:20] = 3
     labels[rng.random(labels.shape) < 0.01] = 5  # scattered label, labels 2 and 4 absent
-    bounds = label_bounds(labels)
+    regions = label_regions(labels)
     present = sorted(int(v) for v in np.unique(labels) if v)
-    assert sorted(bounds) == present
+    assert sorted(regions) == present
     for lab in present:
-        assert bounds[lab] == nonzero_bounds(labels == lab), lab
+        assert regions[lab] == nonzero_region(labels == lab), lab
 
 
-def test_label_bounds_single_voxel_and_corner():
+def test_label_regions_single_voxel_and_corner():
     labels = np.zeros((4, 5, 6), dtype=np.uint8)
     labels[3, 4, 5] = 2
     labels[0, 0, 0] = 7
-    assert label_bounds(labels) == {2: ((3, 4, 5), (3, 4, 5)), 7: ((0, 0, 0), (0, 0, 0))}
+    assert label_regions(labels) == {2: [[3, 4], [4, 5], [5, 6]], 7: [[0, 1], [0, 1], [0, 1]]}
 
 
-def test_label_bounds_empty():
-    assert label_bounds(None) == {}
-    assert label_bounds(np.zeros((3, 4, 5), dtype=np.uint8)) == {}
+def test_label_regions_empty():
+    assert label_regions(None) == {}
+    assert label_regions(np.zeros((3, 4, 5), dtype=np.uint8)) == {}
 
 
-# ----------------------------------------------------------------------------- prompt_bounds
+# ----------------------------------------------------------------------------- prompt_region
 
 
 def prepared_for(case, mean=0.0, std=1.0):
-    return PreparedCase(case, mean, std, label_bounds(case.prev_pred))
+    return PreparedCase(case, mean, std, label_regions(case.prev_pred))
 
 
-def test_prompt_bounds_union_of_box_clicks_and_own_previous():
+def test_prompt_region_union_of_box_clicks_and_own_previous():
     shape = (30, 32, 34)
     prev = np.zeros(shape, dtype=np.uint8)
     prev[6:9, 4:7, 20:25] = 1  # own previous prediction: stretches x up to 24
@@ -142,32 +150,32 @@ def test_prompt_bounds_union_of_box_clicks_and_own_previous():
         order=("fg", "bg"),
     )
     case = make_case(shape, [prompt], prev)
-    assert prompt_bounds(prepared_for(case), prompt) == ((2, 4, 10), (12, 20, 24))
+    assert prompt_region(prepared_for(case), prompt) == [[2, 13], [4, 21], [10, 25]]
 
 
-def test_prompt_bounds_box_only_and_click_only():
+def test_prompt_region_box_only_and_click_only():
     box = Box((5, 8, 10), (12, 15, 18), 8)
     case = make_case()
-    assert prompt_bounds(prepared_for(case), ClassPrompt(1, box=box)) == ((5, 8, 10), (12, 15, 18))
+    assert prompt_region(prepared_for(case), ClassPrompt(1, box=box)) == [[5, 13], [8, 16], [10, 19]]
     click = ClassPrompt(1, bg=np.array([[3, 4, 5]]))
-    assert prompt_bounds(prepared_for(case), click) == ((3, 4, 5), (3, 4, 5))
-    assert prompt_bounds(prepared_for(case), ClassPrompt(1)) is None
+    assert prompt_region(prepared_for(case), click) == [[3, 4], [4, 5], [5, 6]]
+    assert prompt_region(prepared_for(case), ClassPrompt(1)) is None
 
 
-def test_prompt_bounds_click_outside_box_enlarges_every_side():
+def test_prompt_region_click_outside_box_enlarges_every_side():
     box = Box((10, 10, 10), (15, 15, 15), 12)
     prompt = ClassPrompt(1, box=box, fg=np.array([[20, 3, 12]]), bg=np.array([[1, 25, 29]]))
     case = make_case()
-    assert prompt_bounds(prepared_for(case), prompt) == ((1, 3, 10), (20, 25, 29))
+    assert prompt_region(prepared_for(case), prompt) == [[1, 21], [3, 26], [10, 30]]
 
 
-def test_prompt_bounds_previous_prediction_only_of_this_label():
+def test_prompt_region_previous_prediction_only_of_this_label():
     prev = np.zeros((30, 32, 34), dtype=np.uint8)
     prev[2:5, 3:6, 4:7] = 2
     prev[20:22, 20:22, 20:22] = 1
     case = make_case(prev=prev)
-    assert prompt_bounds(prepared_for(case), ClassPrompt(2)) == ((2, 3, 4), (4, 5, 6))
-    assert prompt_bounds(prepared_for(case), ClassPrompt(3)) is None
+    assert prompt_region(prepared_for(case), ClassPrompt(2)) == [[2, 5], [3, 6], [4, 7]]
+    assert prompt_region(prepared_for(case), ClassPrompt(3)) is None
 
 
 # ----------------------------------------------------------------------------- border_changed
@@ -202,7 +210,7 @@ def test_border_unchanged_face_is_false_even_if_interior_changes_a_lot():
 
 def test_border_changed_thresholds():
     face = PATCH * PATCH  # 256: absolute threshold 1500/192^2*256 = 10.4 voxels
-    assert segment.BORDER_CHANGED_FRACTION * face < 11
+    assert SEGFM_BORDER.absolute / SESSION_FACE * face < 11
     empty = torch.zeros((PATCH,) * 3, dtype=torch.bool)
     pred = empty.clone()
     pred[0, 0, 0:11] = True  # 11 new voxels on a face that was empty
@@ -248,7 +256,7 @@ def test_network_input_channel_order_and_previous_channel(tmp_path):
     )
     case = Case("c.npz", rng.normal(50, 10, shape).astype(np.float32), (1, 1, 1), [prompt], prev)
     mean, std = 48.0, 9.0
-    prepared = PreparedCase(case, mean, std, label_bounds(prev))
+    prepared = PreparedCase(case, mean, std, label_regions(prev))
     fov = FieldOfView((-4, 2, 3), 24, PATCH)  # zoom 1.5, reaching outside the volume in z
     x = network_input(model, prepared, prompt, fov)
     assert x.shape == (len(layout), PATCH, PATCH, PATCH)
@@ -323,14 +331,14 @@ def test_done_class_without_previous_prediction_runs_the_network(model, monkeypa
 def test_the_lone_first_click_gets_the_first_click_offset_and_later_rounds_the_clicks_one(model, monkeypatch):
     offsets = []
     monkeypatch.setattr(Model, "probability", lambda self, x, offset=0.0: offsets.append(offset) or torch.zeros((PATCH,) * 3))
-    monkeypatch.setattr(model, "spec", replace(model.spec, margin_offset={"box": 2.0, "zoomed_box": 0.25, "clicks": 0.5,
-                                                                          "first_click": -1.0}))
+    monkeypatch.setattr(model, "spec", with_settings(model, logit_offset={"box": 2.0, "zoomed_box": 0.25, "clicks": 0.5,
+                                                                             "first_click": -1.0}))
     first = ClassPrompt(1, fg=np.array([[10, 10, 10]]), order=("fg",))
     second = ClassPrompt(1, fg=np.array([[10, 10, 10]]), bg=np.array([[12, 12, 12]]), order=("fg", "bg"))
     boxed = ClassPrompt(1, box=Box((9, 9, 9), (15, 15, 15), 12), fg=np.array([[10, 10, 10]]), order=("fg",))
     big_box = ClassPrompt(1, box=Box((2, 3, 5), (22, 20, 16), 12))  # extent 21 > patch 16: seen zoomed out
     for prompt in (first, second, boxed, big_box):
-        segment_class(model, prepare(make_case(prompts=[prompt]), model), prompt, segment.Effort(PATCH, max_passes=1))
+        segment_class(model, prepare(make_case(prompts=[prompt]), model), prompt, Effort(PATCH, max_passes=1))
     assert offsets == [-1.0, 0.5, 2.0, 0.25]
 
 
@@ -506,10 +514,10 @@ def test_fallback_without_previous_or_box_is_none():
     assert fallback(prepared_for(case), prompt) is None
 
 
-def test_label_bounds_of_labels_larger_than_the_volume():
+def test_label_regions_of_labels_larger_than_the_volume():
     labels = np.zeros((1, 1, 2), np.uint8)
     labels[0, 0, 1] = 3  # cc3d.statistics refuses a label above the voxel count
-    assert segment.label_bounds(labels) == {3: ((0, 0, 1), (0, 0, 1))}
+    assert label_regions(labels) == {3: [[0, 1], [0, 1], [1, 2]]}
 
 
 # ----------------------------------------------------------------------------- full-resolution tiles
@@ -530,7 +538,7 @@ def test_a_zoomed_out_box_is_predicted_again_in_zoom_one_tiles_fed_the_coarse_an
     case = make_case(shape=shape, prompts=[prompt])
     monkeypatch.setattr(Model, "probability", echo_previous_or_ball)
     coarse = segment_class(model, prepare(case, model), prompt, Effort(PATCH, refine_boundary=False))
-    monkeypatch.setattr(model, "spec", replace(model.spec, full_resolution_tiles=True))
+    monkeypatch.setattr(model, "spec", with_settings(model, full_resolution_tiles=True))
     fovs = record_fovs(monkeypatch)
     tiled = segment_class(model, prepare(case, model), prompt)
     assert isinstance(coarse.probability, PatchProbability) and fovs[0].zoom > 2
@@ -548,7 +556,7 @@ def test_a_zoomed_out_box_is_predicted_again_in_zoom_one_tiles_fed_the_coarse_an
 
 def test_tiles_need_the_switch_a_box_a_zoomed_out_view_and_the_time(model, monkeypatch):
     monkeypatch.setattr(Model, "probability", echo_previous_or_ball)
-    monkeypatch.setattr(model, "spec", replace(model.spec, full_resolution_tiles=True))
+    monkeypatch.setattr(model, "spec", with_settings(model, full_resolution_tiles=True))
     big = ClassPrompt(1, box=Box((4, 4, 4), (43, 43, 43), 24))
     small = ClassPrompt(1, box=Box((20, 20, 20), (27, 27, 27), 24))  # fits the patch: zoom 1
     clicks = ClassPrompt(1, fg=np.array([[24, 24, 24]]), order=("fg",))
@@ -561,5 +569,5 @@ def test_tiles_need_the_switch_a_box_a_zoomed_out_view_and_the_time(model, monke
     assert "tiles" not in how(small) and "tiles" not in how(clicks)
     assert "tiles" not in how(big, Effort(PATCH, stop_zooming_at=0.0))  # no time left for them
     assert "tiles" not in how(big, Effort.one_pass(PATCH))
-    monkeypatch.setattr(model, "spec", replace(model.spec, full_resolution_tiles=False))
+    monkeypatch.setattr(model, "spec", with_settings(model, full_resolution_tiles=False))
     assert "tiles" not in how(big)

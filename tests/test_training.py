@@ -18,7 +18,7 @@ from inference.harness.boxes import organiser_box
 from inference.harness.simulated_user import Click, simulate_click
 from inference.model import Model, load_model, read_spec
 from inference.predict import DEFAULT_MODEL, predict_case
-from inference.synthetic_cases import make_volume
+from scripts.synthetic_cases import make_volume
 from training import floors
 from training.calibrate import calibrate, write_offsets
 from training.feed import SINGLE_THREAD_ENV, InProcessFeed, WorkerFeed, environment
@@ -310,15 +310,17 @@ def coarse_ball(self, x, offset=0.0):
 
 def test_a_tile_sample_is_a_zoom_one_tile_of_the_zoomed_out_box_fed_the_coarse_answer(tmp_path, monkeypatch):
     from inference.field_of_view import fit, tiles
+    from inference.geometry import region_of
     from inference.fusion import fuse_classes
-    from inference.segment import Effort, prepare, segment_class
+    from inference.class_task import Effort, prepare
+    from inference.pipelines import segment_class
 
     model = build_model(tiny_config(), tmp_path / "m")
     monkeypatch.setattr(Model, "probability", coarse_ball)
     volume = big_target_volume()
     prompt = first_prompt(volume, np.random.default_rng(0), with_box=True)
     case = samples.as_case(volume, prompt, None)
-    coarse_fov = fit(samples.prompt_bounds(prepare(case, model), prompt), 16)
+    coarse_fov = fit(samples.prompt_region(prepare(case, model), prompt), 16)
     coarse = fuse_classes(volume.truth.shape, [segment_class(model, prepare(case, model), prompt,
                                                              Effort.one_pass(16)).probability]) == LABEL
     assert coarse_fov.zoom > 1 and coarse.any()
@@ -329,7 +331,7 @@ def test_a_tile_sample_is_a_zoom_one_tile_of_the_zoomed_out_box_fed_the_coarse_a
     [(fov, kwargs)] = seen
     lo = tuple(int(w.min()) for w in np.nonzero(coarse))
     hi = tuple(int(w.max()) for w in np.nonzero(coarse))
-    assert fov.zoom == 1 and fov in tiles((lo, hi), 16)
+    assert fov.zoom == 1 and fov in tiles(region_of(lo, hi), 16)
     # the previous-mask channel is the coarse answer at full resolution, the target the truth there
     cut = tuple(slice(max(s, 0), s + 16) for s in fov.start)
     pad = [(max(0, -s), max(0, s + 16 - n)) for s, n in zip(fov.start, volume.truth.shape)]
@@ -529,7 +531,7 @@ def test_the_log_counts_tile_samples_and_a_tile_trained_model_predicts_in_tiles(
     with open(tmp_path / "run" / "log.csv") as f:
         rows = list(csv.DictReader(f))
     assert len(rows) == 2 and sum(int(r["tiles"]) for r in rows) >= 1
-    assert read_spec(tmp_path / "run" / "model").full_resolution_tiles
+    assert read_spec(tmp_path / "run" / "model").settings.full_resolution_tiles
     config["prompting"]["p_tile"] = 0.0
     assert not model_spec(config)["full_resolution_tiles"]
 
@@ -579,12 +581,12 @@ def test_calibration_ranks_offsets_by_their_scores_and_writes_the_chosen_one(tmp
     model = load_model(folder, torch.device("cpu"), backend="auto")
     table = calibrate(model, sorted(cases.glob("*.npz")), {"box": [-30.0, 0.0]}, tmp_path / "work")
     (best, best_scores), (worst, worst_scores) = table["box"]
-    assert model.spec.margin_offset == read_spec(folder).margin_offset  # the offsets tried are not left behind
+    assert model.spec.settings.logit_offset == read_spec(folder).settings.logit_offset  # the offsets tried are not left behind
     assert (best, worst) == (0.0, -30.0)  # -30: nothing but the clicked voxels is foreground
     assert best_scores["DSC_AUC"] > 2.0 > worst_scores["DSC_AUC"]
-    before = read_spec(folder).margin_offset
+    before = read_spec(folder).settings.logit_offset
     write_offsets(folder, {"box": 0.75})
-    assert read_spec(folder).margin_offset == {**before, "box": 0.75}  # the other settings kept
+    assert read_spec(folder).settings.logit_offset == {**before, "box": 0.75}  # the other settings kept
     assert json.loads((folder / "model.json").read_text())["patch_size"] == model.spec.patch_size  # the rest kept
 
 

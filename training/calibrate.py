@@ -1,4 +1,4 @@
-"""A model's margin offsets, chosen on tuning cases (never the validation ones) and written into its model.json.
+"""A model's logit offsets, chosen on tuning cases (never the validation ones) and written into its model.json.
 
     .venv/bin/python -m training.calibrate cases OUT_CASES [--large]        # the validation recipe, another seed, no MNI152
     .venv/bin/python -m training.calibrate run OUT_CASES MODEL_DIR [--box 0 0.5 1 1.5] [--zoomed-box 0 1] [--clicks 0 -0.5 -1] [--first-click 0 -1] [--write]
@@ -6,7 +6,7 @@
 `run` replays the official protocol in this process (the container's `predict.run`, no time
 budget) for every offset of each prompt setting, and scores an offset by the mean of DSC_AUC and
 NSD_AUC over the cases; one setting at a time, the others as MODEL_DIR/model.json has them. With
-`--write` the best offset of each setting goes into MODEL_DIR/model.json (`margin_offset`), which the
+`--write` the best offset of each setting goes into MODEL_DIR/model.json (`logit_offset`), which the
 container adds to the network's foreground logit.
 """
 from __future__ import annotations
@@ -23,7 +23,8 @@ import numpy as np
 from inference import predict
 from inference.harness.metrics import auc
 from inference.harness.protocol import TrainingCase, load_training_case, replay_case
-from inference.model import BOX_SETTINGS, PROMPT_SETTINGS, SPEC_FILE, Model, load_model
+from inference.model import SPEC_FILE, Model, load_model
+from inference.segfm.settings import BOX_SETTINGS, PROMPT_SETTINGS
 
 from .validate import case_tool_parser, write_validation_cases
 
@@ -44,8 +45,10 @@ class InProcessPredictor:
 
 
 def score(model: Model, cases: list[TrainingCase], setting: str, offset: float, workdir: Path) -> dict[str, float]:
-    """Mean DSC_AUC and NSD_AUC over `cases` with the model's margin moved by `offset` in `setting`."""
-    model.spec = dataclasses.replace(model.spec, margin_offset={**model.spec.margin_offset, setting: offset})
+    """Mean DSC_AUC and NSD_AUC over `cases` with the model's foreground logit moved by `offset` in `setting`."""
+    settings = model.spec.settings
+    settings = dataclasses.replace(settings, logit_offset={**settings.logit_offset, setting: offset})
+    model.spec = dataclasses.replace(model.spec, settings=settings)
     results = [replay_case(case, InProcessPredictor(model), workdir) for case in cases]
     failed = [r.name for r in results if r.error]
     if failed:
@@ -72,10 +75,10 @@ def calibrate(model: Model, cases: list[Path], offsets: dict[str, list[float]], 
 
 
 def write_offsets(folder: Path, offsets: dict[str, float]) -> None:
-    """Set `margin_offset` in the folder's model.json (atomically)."""
+    """Set `logit_offset` in the folder's model.json (atomically)."""
     path = folder / SPEC_FILE
     raw = json.loads(path.read_text())
-    raw["margin_offset"] = {**raw.get("margin_offset", {}), **offsets}
+    raw["logit_offset"] = {**raw.get("logit_offset", {}), **offsets}
     tmp = path.with_suffix(".tmp")
     tmp.write_text(json.dumps(raw, indent=2) + "\n")
     tmp.replace(path)

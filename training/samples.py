@@ -2,7 +2,7 @@
 
 Boxes follow the organisers' rule (harness `organiser_box`), clicks come from the harness's
 simulated user; a sample is turned into a network input by the container's own code
-(`segment.network_input` on a `Case`), so training sees exactly what inference feeds.
+(`segfm.inputs.network_input` on a `Case`), so training sees exactly what inference feeds.
 """
 from __future__ import annotations
 
@@ -21,7 +21,10 @@ from inference.fusion import PatchProbability, apply_clicks, fuse_classes
 from inference.harness.boxes import organiser_box
 from inference.harness.simulated_user import Click, simulate_click
 from inference.model import Model
-from inference.segment import Effort, coarse_answer, network_input, prepare, prompt_bounds, segment_class
+from inference.class_task import Effort, prepare
+from inference.pipelines import segment_class
+from inference.segfm.inputs import network_input, prompt_region
+from inference.segfm.tiles import coarse_answer
 
 from .label_maps import SHAPE_KINDS, LabelSources, label_values, random_shapes
 from .synthesis import crop_around, render_image, reorient, rotate_and_scale, thick_slices
@@ -152,14 +155,14 @@ def training_pair(model: Model, volume: TrainingVolume, prompt: ClassPrompt,
                   prev_pred: np.ndarray | None) -> tuple[torch.Tensor, torch.Tensor]:
     """(network input (C, P, P, P), soft target (P, P, P)) on the field of view the container would choose."""
     prepared = prepare(as_case(volume, prompt, prev_pred), model)
-    fov = fit(prompt_bounds(prepared, prompt), model.spec.patch_size)
+    fov = fit(prompt_region(prepared, prompt), model.spec.patch_size)
     return network_input(model, prepared, prompt, fov), patch_target(volume.truth, fov)
 
 
 def tile_pair(model: Model, volume: TrainingVolume, prompt: ClassPrompt, prev_pred: np.ndarray | None,
               rng: np.random.Generator) -> tuple[torch.Tensor, torch.Tensor] | None:
     """(network input, soft target) on one of the zoom-1 tiles the container predicts a zoomed-out box
-    answer again in (`segment.predict_in_tiles`), fed the model's own coarse answer as its previous mask.
+    answer again in (`segfm.tiles.predict_in_tiles`), fed the model's own coarse answer as its previous mask.
 
     None when there is no box, the field of view is not zoomed out, or the coarse answer is empty.
     """
@@ -167,7 +170,7 @@ def tile_pair(model: Model, volume: TrainingVolume, prompt: ClassPrompt, prev_pr
         return None
     prepared = prepare(as_case(volume, prompt, prev_pred), model)
     patch = model.spec.patch_size
-    if fit(prompt_bounds(prepared, prompt), patch).zoom <= 1:
+    if fit(prompt_region(prepared, prompt), patch).zoom <= 1:
         return None
     with evaluating(model):
         outcome = segment_class(model, prepared, prompt, Effort.one_pass(patch))

@@ -26,9 +26,9 @@ from pathlib import Path
 import numpy as np
 from scipy import ndimage
 
-from inference.synthetic_cases import write_case
+from scripts.synthetic_cases import write_case
 
-from .label_maps import DATA_DIR, VALIDATION_ATLAS, mni_tissue, random_shapes, read_atlas, read_nifti
+from .label_maps import DATA_DIR, VALIDATION_ATLAS, mni_tissue, random_shapes, read_atlas
 from .synthesis import render_image
 
 REPO = Path(__file__).resolve().parent.parent

@@ -17,7 +17,7 @@ import cc3d
 import edt
 import numpy as np
 
-from ..field_of_view import nonzero_block
+from ..geometry import nonzero_block
 
 TIE_BREAK_SEED = 42
 

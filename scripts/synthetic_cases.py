@@ -9,8 +9,8 @@ from pathlib import Path
 
 import numpy as np
 
-from .harness.boxes import organiser_boxes
-from .harness.simulated_user import simulate_round
+from inference.harness.boxes import organiser_boxes
+from inference.harness.simulated_user import simulate_round
 
 
 def make_volume(shape: tuple[int, int, int], n_objects: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:

@@ -15,8 +15,9 @@ import edt
 import numpy as np
 import torch
 
-from .field_of_view import upsample_region
-from .fusion import BlockProbability, PatchProbability
+from ..field_of_view import upsample_region
+from ..fusion import BlockProbability, PatchProbability
+from ..geometry import slices, start_of
 
 P_MIN = 1e-4  # logits stay finite: the network's float16 probabilities reach 0 and (almost) 1
 MIN_SHELL_VOXELS = 50
@@ -52,31 +53,30 @@ class BoundaryRefinement:
         return zoom >= (self.box_min_zoom if with_box else self.min_zoom)
 
 
-def refine_boundary(patch: PatchProbability, image: np.ndarray, settings: BoundaryRefinement, *,
+def refine_boundary(answer: PatchProbability, image: np.ndarray, settings: BoundaryRefinement, *,
                     with_box: bool = False) -> PatchProbability | BlockProbability:
-    """The patch's probability at full resolution with the boundary moved by intensities (or the patch unchanged)."""
-    region = patch.region(image.shape)
-    if region is None or not settings.applies(patch.fov.zoom, with_box):
-        return patch
-    p = patch.values(region).clamp_(P_MIN, 1 - P_MIN).numpy()
-    distance = upsample_region(patch_distance(patch.probs.float().numpy() > 0.5), patch.fov, region).numpy()
-    crop = image[tuple(slice(lo, hi) for lo, hi in region)]
+    """The answer's probability at full resolution with the boundary moved by intensities (or the answer unchanged)."""
+    region = answer.region(image.shape)
+    if region is None or not settings.applies(answer.fov.zoom, with_box):
+        return answer
+    p = answer.values(region).clamp_(P_MIN, 1 - P_MIN).numpy()
+    distance = upsample_region(patch_distance(answer.probs.float().numpy() > 0.5), answer.fov, region).numpy()
+    crop = image[slices(region)]
     far = np.abs(distance)  # from the boundary, in patch voxels
     near = far <= settings.shell
     fg = crop[near & (distance > settings.band)]
     bg = crop[near & (distance < -settings.band)]
     if len(fg) < MIN_SHELL_VOXELS or len(bg) < MIN_SHELL_VOXELS:
-        return patch
+        return answer
     ratio = intensity_log_ratio(fg, bg, settings)
     if ratio is None:
-        return patch
+        return answer
     edges, log_ratio = ratio
     band = far <= settings.band
     bins = np.clip(np.searchsorted(edges, crop[band], side="right") - 1, 0, settings.bins - 1)
     q = p[band]
     p[band] = 1 / (1 + np.exp(np.log1p(-q) - np.log(q) - log_ratio[bins]))
-    start = tuple(lo for lo, _ in region)
-    return BlockProbability.from_values(patch.label, start, torch.from_numpy(p))
+    return BlockProbability.from_values(answer.label, start_of(region), torch.from_numpy(p))
 
 
 def patch_distance(inside: np.ndarray) -> torch.Tensor:

@@ -16,55 +16,49 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .case_io import Box, ClassPrompt
-from .field_of_view import FieldOfView
-from .prompts import ball_template, box_bounds, stack_channels
-
-ZOOM_OUT_STEP = 1.5
-# the session's AutoZoom thresholds, in voxels of one patch face whatever the patch size
-BORDER_ABSOLUTE = 1500
-BORDER_MINIMUM = 100
-BORDER_RELATIVE = 0.2
-
-HalfOpen = list[list[int]]
+from ..autozoom import ZOOM_OUT_STEP
+from ..case_io import Box, ClassPrompt
+from ..field_of_view import FieldOfView
+from ..geometry import Region, clip, slices
+from ..prompts import ball_template, box_region, stack_channels
+from .filters import dilate
 
 
 @dataclass(frozen=True)
 class View:
-    """A prediction centre and the session's zoom factor f; the crop is the cube of side round(P f) from c - side//2."""
+    """A prediction centre and the session's zoom f; the crop is the cube of side round(P f) from c - side//2."""
 
     centre: tuple[int, int, int]
-    factor: float
+    zoom: float
     patch: int
 
     @property
     def fov(self) -> FieldOfView:
-        side = round(self.patch * self.factor)
+        side = round(self.patch * self.zoom)
         return FieldOfView(tuple(c - side // 2 for c in self.centre), side, self.patch)
 
     def zoomed_out(self, max_zoom: float) -> "View":
         """The session's AutoZoom step: f <- min(max_zoom, 1.5 f), same centre."""
-        return View(self.centre, min(max_zoom, self.factor * ZOOM_OUT_STEP), self.patch)
+        return View(self.centre, min(max_zoom, self.zoom * ZOOM_OUT_STEP), self.patch)
 
 
 @dataclass(frozen=True)
 class Stamps:
     """A class's prompts in the order the session receives them (box, then clicks), each with its write intensity."""
 
-    box: HalfOpen | None
+    box: Region | None
     box_intensity: float
     clicks: list[tuple[tuple[int, int, int], bool, float]]  # (voxel, positive, intensity)
     intensity: float  # the newest prompt's: every prompt channel is divided by it before the network
     view: View | None  # around the newest prompt
 
 
-def box_half_open(box: Box, mode: str, shape: tuple[int, ...]) -> HalfOpen:
-    """The box as the session stores it: half-open, clipped to the image, at least one voxel per axis."""
-    lo, hi = box_bounds(box, mode)
+def stored_box(box: Box, mode: str, shape: tuple[int, ...]) -> Region:
+    """The box as the session stores it: clipped to the image, at least one voxel per axis."""
     bounds = []
-    for a, b, n in zip(lo, hi, shape):
+    for (a, b), n in zip(box_region(box, mode), shape):
         # the session clips the start to >= 0 only; past the image's end it would store an empty box
-        a, b = min(max(0, int(a)), n - 1), min(n, int(b) + 1)
+        a, b = min(max(0, a), n - 1), min(n, b)
         if b <= a:
             a, b = (0, min(1, n)) if a == 0 else (max(a - 1, 0), b)
         bounds.append([a, b])
@@ -85,7 +79,7 @@ def ordered_clicks(prompt: ClassPrompt) -> list[tuple[tuple[int, int, int], bool
     return ordered
 
 
-def box_zoom(bounds: HalfOpen, patch: int) -> float:
+def box_zoom(bounds: Region, patch: int) -> float:
     """The session's first zoom for a box: f = max(1, max over axes of (size + P//3) / P)."""
     return max(1, max((b - a + patch // 3) / patch for a, b in bounds))
 
@@ -102,7 +96,7 @@ def class_stamps(prompt: ClassPrompt, shape: tuple[int, ...], patch: int, box_mo
 
     box, box_intensity, view = None, 1.0, None
     if prompt.box is not None:
-        box = box_half_open(prompt.box, box_mode, shape)
+        box = stored_box(prompt.box, box_mode, shape)
         box_intensity = next_intensity()
         view = View(tuple(round((a + b) / 2) for a, b in box), box_zoom(box, patch), patch)
     clicks = [(point, positive, next_intensity()) for point, positive in ordered_clicks(prompt)]
@@ -116,22 +110,19 @@ def _inside(fov: FieldOfView, shape: tuple[int, ...]) -> tuple[tuple[slice, ...]
     inside = fov.inside(shape)
     if inside is None:
         return None
-    volume = tuple(slice(a, b) for a, b in inside)
-    crop = tuple(slice(a - s, b - s) for (a, b), s in zip(inside, fov.start))
-    return volume, crop
+    return slices(inside), slices(inside, fov.start)
 
 
-def _clip(bounds: HalfOpen, fov: FieldOfView, shape: tuple[int, ...]) -> tuple[slice, ...] | None:
-    """Crop slices of `bounds` (volume coordinates) cut to the image and the crop."""
-    cut = [[max(a, 0, s), min(b, n, s + fov.side)] for (a, b), s, n in zip(bounds, fov.start, shape)]
-    if any(a >= b for a, b in cut):
-        return None
-    return tuple(slice(a - s, b - s) for (a, b), s in zip(cut, fov.start))
+def _in_crop(region: Region, fov: FieldOfView, shape: tuple[int, ...]) -> tuple[slice, ...] | None:
+    """Crop slices of `region` (volume coordinates) cut to the image and the crop."""
+    inside = fov.inside(shape)
+    cut = clip(region, inside) if inside is not None else None
+    return slices(cut, fov.start) if cut is not None else None
 
 
 def box_crop(stamps: Stamps, fov: FieldOfView, shape: tuple[int, ...]) -> torch.Tensor | None:
     """The stored box channel cut to the crop: the solid box at its intensity, float16."""
-    where = _clip(stamps.box, fov, shape) if stamps.box is not None else None
+    where = _in_crop(stamps.box, fov, shape) if stamps.box is not None else None
     if where is None:
         return None
     crop = torch.zeros((fov.side,) * 3, dtype=torch.float16)
@@ -149,7 +140,7 @@ def clicks_crop(stamps: Stamps, positive: bool, radius: float, fov: FieldOfView,
         if is_positive != positive:
             continue
         bounds = [[p - r, p + r + 1] for p in point]
-        where = _clip(bounds, fov, shape)
+        where = _in_crop(bounds, fov, shape)
         if where is None:
             continue
         ball = strel * intensity if intensity != 1.0 else strel
@@ -190,25 +181,6 @@ def odd_kernel(number: float) -> int:
     return round(number) + 1
 
 
-def dilate(channel: torch.Tensor, k: int) -> torch.Tensor:
-    """k^3 max filter over the window cut to the volume (the session's replicate-border filter), for values >= 0.
-
-    Only the nonzero bounding box grown by k//2 can change, so only that block is filtered: the
-    result is the same, and the CPU is spared a filter over up to 768^3 voxels.
-    """
-    nonzero = channel.nonzero()
-    if k <= 1 or len(nonzero) == 0:
-        return channel
-    r = k // 2
-    lo = (nonzero.min(0).values - r).clamp(min=0).tolist()
-    hi = [min(int(v) + r + 1, n) for v, n in zip(nonzero.max(0).values, channel.shape)]
-    block = tuple(slice(a, b) for a, b in zip(lo, hi))
-    out = channel.clone()
-    # max is exact in any precision: float32 because the CPU has no fast float16 max pooling
-    out[block] = F.max_pool3d(channel[block][None, None].float(), k, stride=1, padding=r)[0, 0].to(channel.dtype)
-    return out
-
-
 def to_patch(channel: torch.Tensor, patch: int, k: int = 1) -> torch.Tensor:
     """Zoomed-out resampling of a float16 prompt channel: k^3 max filter, then area averaging in float16."""
     return F.interpolate(dilate(channel, k)[None, None], (patch,) * 3, mode="area")[0, 0]
@@ -231,10 +203,10 @@ def network_input(image: np.ndarray, mean: float, std: float, prev_pred: np.ndar
         prev = to_patch(prev, patch)
     else:
         prev_for_zoom = prev.clone()
-    dilate = odd_kernel(view.factor * 2 - 1) if zoomed else 1
+    kernel = odd_kernel(view.zoom * 2 - 1) if zoomed else 1
     prompts = {"box": (box_crop(stamps, fov, shape), 1),
-               "fg_clicks": (clicks_crop(stamps, True, point_radius, fov, shape), dilate),
-               "bg_clicks": (clicks_crop(stamps, False, point_radius, fov, shape), dilate)}
+               "fg_clicks": (clicks_crop(stamps, True, point_radius, fov, shape), kernel),
+               "bg_clicks": (clicks_crop(stamps, False, point_radius, fov, shape), kernel)}
     named = {"image": img.cpu(), "prev_seg": prev.float().cpu()}
     for name, (crop, k) in prompts.items():
         if crop is None:  # nothing drawn: zero at any zoom and after the division
@@ -247,17 +219,3 @@ def network_input(image: np.ndarray, mean: float, std: float, prev_pred: np.ndar
             crop /= stamps.intensity
         named[name] = crop.float().cpu()
     return stack_channels(named, layout), prev_for_zoom.cpu()
-
-
-def border_changed(pred: torch.Tensor, prev: torch.Tensor) -> bool:
-    """The session's AutoZoom test on the six faces of the patch (absolute voxel thresholds)."""
-    for axis in range(3):
-        for index in (0, pred.shape[axis] - 1):
-            old = prev.select(axis, index).float()
-            new = pred.select(axis, index).float()
-            before, after = float(old.sum()), float(new.sum())
-            changed = float((old != new).sum())
-            relative = max(before, after) / max(min(before, after), 1e-5) - 1
-            if changed > BORDER_ABSOLUTE or (changed > BORDER_MINIMUM and relative > BORDER_RELATIVE):
-                return True
-    return False

@@ -11,14 +11,14 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .field_of_view import FieldOfView
+from ..field_of_view import FieldOfView
+from ..geometry import Region, slices
+from .filters import opening
 
-MARGIN = 24  # voxels of a box that must overlap the next one: the session's value, whatever the patch
+OVERLAP = 24  # voxels of a box that must overlap the next one: the session's value, whatever the patch
 STRIDE_DIVISOR = 4
 MAX_DEPTH = 3
 OPENING = 5
-
-HalfOpen = list[list[int]]
 
 
 def upsampled(positive: torch.Tensor, side: int) -> torch.Tensor:
@@ -29,40 +29,22 @@ def upsampled(positive: torch.Tensor, side: int) -> torch.Tensor:
     return (t >= 0.5).to(torch.uint8)
 
 
-def window_extreme(t: torch.Tensor, k: int, minimum: bool) -> torch.Tensor:
-    """k^3 min or max filter over the window cut to the volume (the session's replicate-border filter)."""
-    x = t.float()[None, None]
-    x = -F.max_pool3d(-x, k, stride=1, padding=k // 2) if minimum else F.max_pool3d(x, k, stride=1, padding=k // 2)
-    return x[0, 0].to(t.dtype)
-
-
 def changed_region(coarse: torch.Tensor, previous: torch.Tensor) -> torch.Tensor:
     """Where the upsampled coarse answer differs from the previous mask, opened by a 5^3 min then max filter."""
     diff = (coarse != previous).to(torch.float16)
-    nonzero = diff.nonzero()
-    if len(nonzero) == 0:
-        return diff.to(torch.uint8)
-    # the opening only changes voxels within k//2 of the difference's bounding box, and computing it on
-    # that block alone gives the same values: the CPU is spared filters over up to 768^3 voxels
-    r = OPENING // 2
-    lo = (nonzero.min(0).values - r).clamp(min=0).tolist()
-    hi = [min(int(v) + r + 1, n) for v, n in zip(nonzero.max(0).values, diff.shape)]
-    block = tuple(slice(a, b) for a, b in zip(lo, hi))
-    opened = torch.zeros_like(diff)
-    opened[block] = window_extreme(window_extreme(diff[block], OPENING, minimum=True), OPENING, minimum=False)
-    return opened.to(torch.uint8)
+    return opening(diff, OPENING).to(torch.uint8)
 
 
-def _cover_bounds(centre, half, end, patch_margin, shape):
-    return [(max(0, c - h + patch_margin), min(n, c + e - patch_margin)) for c, h, e, n in zip(centre, half, end, shape)]
+def _cover_bounds(centre, half, end, overlap, shape):
+    return [(max(0, c - h + overlap), min(n, c + e - overlap)) for c, h, e, n in zip(centre, half, end, shape)]
 
 
-def _box(centre, half, end) -> HalfOpen:
+def _box(centre, half, end) -> Region:
     return [[c - h, c + e] for c, h, e in zip(centre, half, end)]
 
 
-def cover(mask: torch.Tensor, patch: int, depth: int = 0, stride=None) -> list[HalfOpen]:
-    """Greedy patch-sized boxes whose inner part (margin 24) covers `mask`, as the session's planner picks them."""
+def cover(mask: torch.Tensor, patch: int, depth: int = 0, stride=None) -> list[Region]:
+    """Greedy patch-sized boxes whose inner part (24 voxels in from each side) covers `mask`, as the session's planner picks them."""
     if not mask.any():
         return []
     if depth > MAX_DEPTH:
@@ -81,20 +63,20 @@ def cover(mask: torch.Tensor, patch: int, depth: int = 0, stride=None) -> list[H
     boxes = []
     while len(candidates) > 0 and uncovered.any():
         centres = candidates.tolist()
-        bounds = [_cover_bounds(c, half, end, MARGIN, mask.shape) for c in centres]
-        counts = [int(uncovered[tuple(slice(a, b) for a, b in bd)].sum()) for bd in bounds]
+        bounds = [_cover_bounds(c, half, end, OVERLAP, mask.shape) for c in centres]
+        counts = [int(uncovered[slices(bd)].sum()) for bd in bounds]
         best = max(range(len(counts)), key=lambda i: (counts[i], -i))  # the first of the largest
         if counts[best] == 0:
             break
         boxes.append(_box(centres[best], half, end))
-        uncovered[tuple(slice(a, b) for a, b in bounds[best])] = 0
+        uncovered[slices(bounds[best])] = 0
         candidates = candidates[uncovered[tuple(candidates.T)] > 0]
     if uncovered.any():
         boxes += random_cover(uncovered, patch, 10)
     return boxes
 
 
-def random_cover(mask: torch.Tensor, patch: int, samples: int) -> list[HalfOpen]:
+def random_cover(mask: torch.Tensor, patch: int, samples: int) -> list[Region]:
     """The session's fallback: the best of `samples` random voxels (numpy's global generator), until all are covered."""
     half, end = [patch // 2] * 3, [patch - patch // 2] * 3
     boxes = []
@@ -103,23 +85,23 @@ def random_cover(mask: torch.Tensor, patch: int, samples: int) -> list[HalfOpen]
         best, best_count, best_bounds = None, 0, None
         for _ in range(samples):
             centre = voxels[np.random.choice(len(voxels))].tolist()
-            bounds = _cover_bounds(centre, half, end, MARGIN, mask.shape)
-            count = int(mask[tuple(slice(a, b) for a, b in bounds)].sum())
+            bounds = _cover_bounds(centre, half, end, OVERLAP, mask.shape)
+            count = int(mask[slices(bounds)].sum())
             if count > best_count:
                 best, best_count, best_bounds = centre, count, bounds
-        if best is None:  # a patch no wider than twice the margin covers nothing (the session fails here)
+        if best is None:  # a patch no wider than twice the overlap covers nothing (the session fails here)
             break
         boxes.append(_box(best, half, end))
-        mask[tuple(slice(a, b) for a, b in best_bounds)] = 0
+        mask[slices(best_bounds)] = 0
     return boxes
 
 
 def plan(coarse: torch.Tensor, previous: torch.Tensor, fov: FieldOfView, shape: tuple[int, ...],
-         last_centre: tuple[int, int, int]) -> list[HalfOpen]:
+         last_centre: tuple[int, int, int]) -> list[Region]:
     """Refinement boxes in volume coordinates for a coarse answer on the crop (`previous`: the old mask there)."""
     inside = fov.inside(shape)
     if inside is not None:
-        local = tuple(slice(a - s, b - s) for (a, b), s in zip(inside, fov.start))
+        local = slices(inside, fov.start)
         boxes = cover(changed_region(coarse[local], previous[local]), fov.patch)
         if boxes:
             return [[[a + lo, b + lo] for (a, b), (lo, _) in zip(box, inside)] for box in boxes]
