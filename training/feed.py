@@ -18,7 +18,7 @@ from pathlib import Path
 
 import torch
 
-from inference.model import Model, build_network, read_spec
+from inference.model import Model, ModelSpec, build_network
 
 from .label_maps import LabelSources
 from .samples import Recipe, Sample, draw_samples, volume_groups
@@ -32,13 +32,15 @@ SINGLE_THREAD_ENV = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS
 class InProcessFeed:
     """Samples drawn here, prompted with the network being trained."""
 
-    def __init__(self, model: Model, sources: LabelSources, recipe: Recipe, prompting: dict, seed: int):
+    def __init__(self, model: Model, sources: LabelSources, recipe: Recipe, prompting: dict, seed: int,
+                 first_index: int = 0):
         self.model, self.sources, self.recipe, self.prompting, self.seed = model, sources, recipe, prompting, seed
+        self.first_index = first_index  # a rank's samples of a step start here (training/distributed.py)
 
     def batch(self, step: int, size: int) -> list[Sample]:
         return [sample for first, count in volume_groups(size, self.recipe.targets_per_volume)
                 for sample in draw_samples(self.model, self.sources, self.recipe, self.prompting, self.seed,
-                                           step, first, count)]
+                                           step, self.first_index + first, count)]
 
     def publish(self, network: torch.nn.Module) -> None:
         """Nothing to do: the prompting network is the trained one."""
@@ -51,18 +53,21 @@ class WorkerFeed:
     """Samples drawn by `workers` spawned processes, a few steps ahead of the trainer."""
 
     def __init__(self, model: Model, sources: LabelSources, recipe: Recipe, prompting: dict, seed: int,
-                 workers: int, batch_size: int, first_step: int, scratch: Path, steps_ahead: int = 3):
+                 workers: int, batch_size: int, first_step: int, scratch: Path, steps_ahead: int = 3,
+                 first_index: int = 0):
         context = multiprocessing.get_context("spawn")  # CUDA cannot be used in forked children
         self.tasks, self.results = context.Queue(), context.Queue()
         self.version = context.Value("i", 0)
         self.weights = scratch / "prompting_weights.pt"
         self.publisher: threading.Thread | None = None
-        self.groups = volume_groups(batch_size, recipe.targets_per_volume)
+        # a rank's samples of a step start at `first_index` (training/distributed.py)
+        self.groups = [(first_index + first, count) for first, count in volume_groups(batch_size,
+                                                                                      recipe.targets_per_volume)]
         self.next_step = first_step
         self.publish(model.network)
         for _ in range(steps_ahead):
             self._queue_step()
-        args = (str(model.spec.folder), str(model.device), str(self.weights), self.version, self.tasks,
+        args = (model.spec, str(model.device), str(self.weights), self.version, self.tasks,
                 self.results, sources, recipe, prompting, seed)
         self.processes = [context.Process(target=_work, args=args, daemon=True) for _ in range(workers)]
         with environment({name: "1" for name in SINGLE_THREAD_ENV}):
@@ -118,13 +123,12 @@ class WorkerFeed:
             process.join(timeout=10)
 
 
-def _work(model_folder: str, device: str, weights: str, version, tasks, results, sources: LabelSources,
+def _work(spec: ModelSpec, device: str, weights: str, version, tasks, results, sources: LabelSources,
           recipe: Recipe, prompting: dict, seed: int) -> None:
     torch.set_num_threads(1)  # one process per core
     torch.set_num_interop_threads(1)
     device = torch.device(device)
     torch.backends.cudnn.benchmark = device.type == "cuda"  # one patch size: autotuned 3D convolutions pay off
-    spec = read_spec(model_folder)
     model = Model(spec, build_network(spec).to(device).eval(), device)
     seen = -1
     while True:
