@@ -377,6 +377,8 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     config = json.loads(((args.run_dir / "config.json") if args.resume and (args.run_dir / "config.json").exists()
                          else args.config).read_text())
+    if "model" not in config and args.init_from is None and not (args.resume and (args.run_dir / "checkpoint.pt").exists()):
+        parser.error(f"{args.config} has no network of its own (no \"model\"): it fine-tunes one, give --init-from")
     t0 = time.monotonic()
     ranks, device = distributed.start(pick_device() if args.device == "auto" else torch.device(args.device))
     try:
