@@ -13,8 +13,8 @@ import torch
 
 from inference.model import load_model, load_state_dict, read_spec
 from inference.nninteractive_layout import CHANNELS, RESENC_L_FEATURES
-from training.train import DEFAULT_CONFIG, batch_loss, learning_rate, loss_terms, main, run_spec
 from training.samples import Sample
+from training.train import DEFAULT_CONFIG, batch_loss, learning_rate, loss_terms, main, run_spec
 
 REPO = Path(__file__).resolve().parent.parent
 CONFIGS = REPO / "training" / "configs"

@@ -67,7 +67,10 @@ def wrap(network: torch.nn.Module, ranks: Ranks, device: torch.device) -> torch.
         return network
     from torch.nn.parallel import DistributedDataParallel
 
-    return DistributedDataParallel(network, device_ids=[device.index] if device.type == "cuda" else None)
+    # the decoder's segmentation heads of the coarser stages get no gradient (no deep supervision): without
+    # find_unused_parameters their gradient bucket never becomes ready and is never averaged
+    return DistributedDataParallel(network, device_ids=[device.index] if device.type == "cuda" else None,
+                                   find_unused_parameters=True)
 
 
 def barrier(ranks: Ranks) -> None:
