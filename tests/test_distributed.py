@@ -14,7 +14,7 @@ import torch.multiprocessing
 
 from inference.model import load_model
 from training import distributed
-from training.feed import InProcessFeed
+from training.feed import InProcessFeed, WorkerFeed
 from training.label_maps import LabelSources
 from training.samples import Recipe
 from training.train import DEFAULT_CONFIG, batch_loss, build_model
@@ -33,6 +33,10 @@ def tiny_config() -> dict:
     config.update(batch_size=PER_RANK, threads=1, log_every=1)
     config["optimiser"].update(warmup_steps=2)
     return config
+
+
+def target_size(sample) -> float:
+    return float(sample.target.sum())
 
 
 def free_port() -> int:
@@ -80,6 +84,22 @@ def test_two_ranks_average_to_the_gradient_of_one_rank_on_both_halves_of_the_bat
         for grads in ranks:
             assert torch.allclose(grads[name], p.grad, rtol=1e-4, atol=1e-7), name
     assert compared > 10 and any(float(p.grad.abs().max()) > 1e-4 for p in network.parameters() if p.grad is not None)
+
+
+def test_a_ranks_feed_workers_draw_its_own_samples(tmp_path):
+    config = tiny_config()
+    model = build_model(config, tmp_path / "model")
+    recipe = Recipe.from_config(config["data"])
+    here = InProcessFeed(model, SHAPES_ONLY, recipe, config["prompting"], 0, first_index=PER_RANK).batch(1, PER_RANK)
+    feed = WorkerFeed(model, SHAPES_ONLY, recipe, config["prompting"], 0, workers=1, batch_size=PER_RANK,
+                      first_step=1, scratch=tmp_path, first_index=PER_RANK)
+    try:
+        there = feed.batch(1, PER_RANK)
+    finally:
+        feed.close()
+    # the workers' order is whichever finishes first
+    for a, b in zip(sorted(here, key=target_size), sorted(there, key=target_size)):
+        assert torch.allclose(a.x, b.x.float(), rtol=1e-3, atol=1e-3)
 
 
 def torchrun(*args: str) -> subprocess.CompletedProcess:
