@@ -155,14 +155,14 @@ class Model:
             logits = self.cpu_forward(x)[0]
         else:
             logits = self.network(x)[0]
-        return foreground_margin(logits, self.spec.output).cpu()
+        return foreground_from_logits(logits, self.spec.output).cpu()
 
     def probability(self, x: torch.Tensor, offset: float = 0.0) -> torch.Tensor:
         """Foreground probability (P, P, P) on the CPU for one network input (C, P, P, P), the logit moved by `offset`."""
         return torch.sigmoid(self.foreground_logit(x) + offset)
 
 
-def foreground_margin(logits: torch.Tensor, output: str) -> torch.Tensor:
+def foreground_from_logits(logits: torch.Tensor, output: str) -> torch.Tensor:
     """The foreground logit of a network output ((B,) C, P, P, P): the one logit, or logit1 - logit0 of two."""
     channels = logits.unbind(-4)
     return channels[0] if output == "sigmoid" else channels[1] - channels[0]

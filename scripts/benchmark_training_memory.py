@@ -1,6 +1,6 @@
 """What a training step of nnInteractive's ResEnc-L holds in memory, per patch size: counted, not guessed.
 
-    .venv/bin/python scripts/benchmark_training_memory.py [--patch 64 96 192] [--batch 2] [--check-cpu]
+    .venv/bin/python -m scripts.benchmark_training_memory [--patch 64 96 192] [--batch 2] [--check-cpu]
 
 Activations: the bytes of every tensor autograd saves for backward in one forward pass (what a training step
 keeps until backward), counted on the `meta` device, where nothing is computed, so patch 192 counts in seconds
@@ -14,14 +14,12 @@ from __future__ import annotations
 import argparse
 import contextlib
 import copy
-import sys
-from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from inference.model import network_from_architecture, resenc_architecture  # noqa: E402
-from inference.nninteractive_layout import CHANNELS, RESENC_L_BLOCKS, RESENC_L_FEATURES  # noqa: E402
+from inference.model import network_from_architecture, resenc_architecture
+from inference.nninteractive.layout import CHANNELS
+from scripts.make_nninteractive_layout import RESENC_L_BLOCKS, RESENC_L_FEATURES
 
 GIB = 2**30
 

@@ -12,8 +12,9 @@ import pytest
 import torch
 
 from inference.model import load_model, load_state_dict, read_spec
-from inference.nninteractive_layout import CHANNELS, RESENC_L_FEATURES
+from inference.nninteractive.layout import CHANNELS
 from training.samples import Sample
+from scripts.make_nninteractive_layout import RESENC_L_FEATURES
 from training.train import DEFAULT_CONFIG, batch_loss, learning_rate, loss_terms, main, run_spec
 
 REPO = Path(__file__).resolve().parent.parent
@@ -56,7 +57,7 @@ def test_a_run_from_the_default_model_keeps_its_network_and_exports_a_folder_pre
     assert spec["architecture"] == shipped.architecture and spec["channels"] == list(shipped.channels)
     assert spec["patch_size"] == 64 and spec["pipeline"] == "segfm" and spec["name"].endswith("(step 2)")
     # calibrated for the old weights: chosen again for the new ones (training.calibrate)
-    assert "margin_offset" not in spec and "boundary_refinement" not in spec
+    assert "logit_offset" not in spec and "boundary_refinement" not in spec
     # a fine-tune of the shipped weights, not a fresh network: two warm-up steps move them by about the lr
     trained = torch.load(run / "checkpoint.pt", weights_only=False)["network"]
     start = load_state_dict(DEFAULT_MODEL / shipped.weights)
@@ -74,8 +75,8 @@ def test_a_run_from_the_default_model_keeps_its_network_and_exports_a_folder_pre
 def nninteractive_layout(tmp_path_factory) -> Path:
     """ResEnc-L with random weights in the download's layout, at patch 64 (~410 MB)."""
     folder = tmp_path_factory.mktemp("nninteractive") / "nnInteractive_v1.0"
-    subprocess.run([sys.executable, str(REPO / "scripts" / "make_nninteractive_layout.py"), str(folder),
-                    "--patch", "64"], check=True, capture_output=True)
+    subprocess.run([sys.executable, "-m", "scripts.make_nninteractive_layout", str(folder), "--patch", "64"],
+                   cwd=REPO, check=True, capture_output=True)
     return folder
 
 
@@ -123,7 +124,7 @@ def test_a_run_may_change_only_what_the_weights_do_not_fix(tmp_path):
         run_spec(config, DEFAULT_MODEL)
 
 
-def test_the_two_logit_loss_is_the_two_class_cross_entropy_of_the_foreground_margin():
+def test_the_two_logit_loss_is_the_two_class_cross_entropy_of_the_foreground_logit():
     torch.manual_seed(0)
     logits = torch.randn(2, 2, 4, 4, 4, requires_grad=True)
     target = (torch.rand(2, 4, 4, 4) > 0.5).float()

@@ -36,7 +36,7 @@ import torch
 from inference.model import (
     Model,
     create_random_model,
-    foreground_margin,
+    foreground_from_logits,
     load_state_dict,
     pick_device,
     read_spec,
@@ -85,10 +85,10 @@ def inherited_spec(config: dict, init_from: Path) -> dict:
     its network, channels, output head, normalisation, prompt encoding and patch, changed by the config's
     `init_overrides`.
 
-    The run's samples are drawn on our field of view (`samples.training_pair`: `segment.network_input` on
-    `fit(prompt_bounds)`), so the result runs our pipeline ("segfm") whatever the folder ran before: the
+    The run's samples are drawn on our field of view (`samples.training_pair`: `segfm.inputs.network_input` on
+    `fit(prompt_region)`), so the result runs our pipeline ("segfm") whatever the folder ran before: the
     nnInteractive session's crop (around the newest prompt only), decay of older prompts and pasting are not
-    what the fine-tuned weights saw. Its `margin_offset` and `boundary_refinement` were tuned on the old
+    what the fine-tuned weights saw. Its `logit_offset` and `boundary_refinement` were tuned on the old
     weights and are left out: `training.calibrate` chooses them again for the new ones."""
     source = read_spec(init_from)
     overrides = config.get("init_overrides", {})
@@ -132,7 +132,7 @@ def build_model(config: dict, folder: Path, spec: dict | None = None) -> Model:
 
 def batch_loss(network: torch.nn.Module, samples: list[Sample], device: torch.device,
                output: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """(loss, soft Dice loss, BCE) of one batch, gradients computed: a 1-logit head or the foreground margin of a
+    """(loss, soft Dice loss, BCE) of one batch, gradients computed: a 1-logit head or the foreground logit of a
     2-logit one (logit1 - logit0, whose sigmoid is softmax[1]: the BCE is the two-class cross-entropy).
 
     Under DistributedDataParallel the backward pass averages the gradients over the ranks."""
@@ -141,7 +141,7 @@ def batch_loss(network: torch.nn.Module, samples: list[Sample], device: torch.de
     target = torch.stack([s.target for s in samples])[:, None].to(device, non_blocking=True).float()
     with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
         logits = network(x)
-    dice, bce = loss_terms(foreground_margin(logits.float(), output)[:, None], target)
+    dice, bce = loss_terms(foreground_from_logits(logits.float(), output)[:, None], target)
     loss = dice + bce
     loss.backward()
     return loss, dice, bce
