@@ -23,13 +23,8 @@ RUN python3 -m venv /opt/venv \
     && /opt/venv/bin/python -m compileall -q -j 0 /opt/venv/lib
 
 FROM ${BASE_IMAGE}
-# the model folder the image answers with (model_weights/MODEL) and the version the labels record
+# the model folder the image answers with: model_weights/MODEL
 ARG MODEL=default
-ARG VERSION=dev
-LABEL org.opencontainers.image.title="segfm" \
-      org.opencontainers.image.description="SegFM3D interactive 3D segmentation (CVPR 2025 challenge)" \
-      org.opencontainers.image.version="${VERSION}" \
-      org.segfm.model="model_weights/${MODEL}"
 ENV PATH=/opt/venv/bin:$PATH \
     PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1 \
@@ -50,3 +45,9 @@ RUN python3 -m compileall -q inference \
     && sh predict.sh /workspace/inputs /workspace/outputs \
     && test -n "$(ls "model_weights/${MODEL}/openvino/cache")"
 CMD ["/bin/bash", "-c", "sh predict.sh"]
+# last, so that a new version string rebuilds no layer
+ARG VERSION=dev
+LABEL org.opencontainers.image.title="segfm" \
+      org.opencontainers.image.description="SegFM3D interactive 3D segmentation (CVPR 2025 challenge)" \
+      org.opencontainers.image.version="${VERSION}" \
+      org.segfm.model="model_weights/${MODEL}"
