@@ -223,10 +223,13 @@ echo "saved in $(seconds "$t0" "$(now)") s: $(du -m "$archive" | cut -f1) MB gzi
 if [ "$engine" = podman ]; then
     # load into an empty image store, as the evaluator's machine would, and answer one demo case from it
     store="$work/load-store"
-    rm -rf "$store"
+    drop_store() { umount "$store/root/overlay" 2> /dev/null || true; rm -rf "$store"; }  # podman leaves it mounted
+    drop_store
     loaded=(podman --root "$store/root" --runroot "$store/run")
     t0=$(now)
-    tags=$("${loaded[@]}" load -i "$archive" 2>/dev/null | sed -n 's/^Loaded image(s): //p')
+    # decompressed first, as `docker load` does itself: podman 4.3 reads a gzipped docker-archive file as a
+    # plain tar ("archive/tar: invalid tar header")
+    tags=$(gzip -dc "$archive" | "${loaded[@]}" load 2>/dev/null | sed -n 's/^Loaded image(s): //p')
     echo "loaded in $(seconds "$t0" "$(now)") s"
     case "$tags" in
         "$team:latest" | "docker.io/library/$team:latest") echo "tag in the file: $tags (docker load gives $team:latest)" ;;
@@ -250,7 +253,7 @@ with np.load(sys.argv[1], allow_pickle=True) as case, np.load(sys.argv[2]) as an
 print(f"loaded file answers {sys.argv[1].rsplit('/', 1)[-1]}: shape {segs.shape}, labels {sorted(np.unique(segs))}")
 EOF
     "${loaded[@]}" rmi -a -f > /dev/null 2>&1 || true
-    rm -rf "$store"
+    drop_store
 fi
 
 say "image check passed in $(( $(date +%s) - started )) s (build $build_s s)"
