@@ -229,7 +229,7 @@ if [ "$engine" = podman ]; then
     t0=$(now)
     # decompressed first, as `docker load` does itself: podman 4.3 reads a gzipped docker-archive file as a
     # plain tar ("archive/tar: invalid tar header")
-    tags=$(gzip -dc "$archive" | "${loaded[@]}" load 2>/dev/null | sed -n 's/^Loaded image(s): //p')
+    tags=$(gzip -dc "$archive" | "${loaded[@]}" load 2>/dev/null | sed -En 's/^Loaded image(\(s\))?: //p')
     echo "loaded in $(seconds "$t0" "$(now)") s"
     case "$tags" in
         "$team:latest" | "docker.io/library/$team:latest") echo "tag in the file: $tags (docker load gives $team:latest)" ;;
