@@ -181,7 +181,7 @@ t0=$(now)
 "$python" -m inference.harness run demo/inputs "$work/outside" --workdir "$work/outside/work" \
     > "$work/outside/harness.log" 2>&1 || { tail -n 20 "$work/outside/harness.log" >&2; exit 1; }
 echo "outside: $(seconds "$t0" "$(now)") s"
-"$python" scripts/compare_image_scores.py demo/inputs "$work/inside" "$work/outside"
+"$python" -m scripts.compare_image_scores demo/inputs "$work/inside" "$work/outside"
 
 # The image's torch (2.10.0, CUDA 12.8 build) is not CI's (2.13.0, CPU). The calls above ran the network
 # through OpenVINO; this one runs it through torch inside and outside on the same case, answers compared

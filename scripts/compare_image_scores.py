@@ -1,6 +1,6 @@
 """Check the image's answers on cases replayed by the harness, against the same cases run outside it.
 
-    python scripts/compare_image_scores.py CASES INSIDE_OUT OUTSIDE_OUT
+    python -m scripts.compare_image_scores CASES INSIDE_OUT OUTSIDE_OUT
 
 INSIDE_OUT / OUTSIDE_OUT: `python -m inference.harness run CASES OUT --workdir OUT/work` outputs. Every case
 must have a final answer of the image's shape, dtype uint8 and only the case's labels, no harness error, and

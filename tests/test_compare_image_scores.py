@@ -8,9 +8,9 @@ from pathlib import Path
 
 import numpy as np
 
+from scripts.compare_image_scores import SCORES, answer_problems
+
 REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO / "scripts"))
-from compare_image_scores import SCORES, answer_problems  # noqa: E402
 
 
 def write_case(path: Path) -> np.ndarray:
@@ -49,8 +49,8 @@ def run_compare(tmp_path, inside_score: float) -> subprocess.CompletedProcess:
             writer = csv.DictWriter(f, fieldnames=["CaseName", *SCORES, "error"])
             writer.writeheader()
             writer.writerow({"CaseName": "CT_x.npz", **dict.fromkeys(SCORES, score), "error": ""})
-    return subprocess.run([sys.executable, str(REPO / "scripts" / "compare_image_scores.py"), str(cases),
-                           str(tmp_path / "inside"), str(tmp_path / "outside")], capture_output=True, text=True, check=False)
+    return subprocess.run([sys.executable, "-m", "scripts.compare_image_scores", str(cases), str(tmp_path / "inside"),
+                           str(tmp_path / "outside")], cwd=REPO, capture_output=True, text=True, check=False)
 
 
 def test_equal_scores_pass_and_worse_ones_fail(tmp_path):

@@ -32,8 +32,8 @@ def lock_pins() -> dict[str, str]:
 
 
 def requirement_pins(name: str) -> dict[str, str]:
-    lines = [l.split("#")[0].strip() for l in (REPO / name).read_text().splitlines()]
-    return dict(l.lower().replace("_", "-").split("==") for l in lines if l)
+    lines = [line.split("#")[0].strip() for line in (REPO / name).read_text().splitlines()]
+    return dict(line.lower().replace("_", "-").split("==") for line in lines if line)
 
 
 def test_docker_installs_the_lock_with_hashes_and_setup_the_same_requirement_files():
@@ -53,7 +53,7 @@ def test_docker_installs_the_lock_with_hashes_and_setup_the_same_requirement_fil
 
 def test_image_lock_pins_every_package_with_a_hash_and_matches_the_tested_versions():
     lock = lock_pins()
-    entries = [l for l in (REPO / "requirements-image.lock").read_text().splitlines() if "==" in l]
+    entries = [line for line in (REPO / "requirements-image.lock").read_text().splitlines() if "==" in line]
     assert len(lock) == len(entries) > 20
     assert "triton" not in lock  # torch.compile's code generator: never called
     for dropped in ("acvl-utils", "simpleitk", "pandas", "scikit-learn", "scikit-image", "timm", "torchvision"):
