@@ -17,6 +17,7 @@ from pathlib import Path
 
 import torch
 
+from .device import pick_device
 from .nninteractive import layout as nninteractive_layout
 from .nninteractive.layout import SessionSettings
 from .normalisation import METHODS
@@ -256,10 +257,6 @@ def _cpu_forward(spec: ModelSpec, backend: str) -> Forward | None:
             raise
         print(f"OpenVINO unavailable ({type(exc).__name__}: {exc}); using torch", file=sys.stderr)
         return None
-
-
-def pick_device() -> torch.device:
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
 def load_model(folder: str | os.PathLike, device: torch.device | None = None,
