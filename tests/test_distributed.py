@@ -18,6 +18,7 @@ from training.feed import InProcessFeed, WorkerFeed
 from training.label_maps import LabelSources
 from training.samples import Recipe
 from training.train import DEFAULT_CONFIG, batch_loss, build_model
+from training_cases import write_training_cases
 
 REPO = Path(__file__).resolve().parent.parent
 SHAPES_ONLY = LabelSources()
@@ -110,13 +111,18 @@ def torchrun(*args: str) -> subprocess.CompletedProcess:
 
 
 def test_a_two_rank_torchrun_run_writes_the_run_folder_once_and_resumes(tmp_path):
-    run, config = tmp_path / "run", tmp_path / "config.json"
-    config.write_text(json.dumps(tiny_config()))
-    first = torchrun(str(run), "--config", str(config), "--steps", "2")
+    run, config, data = tmp_path / "run", tmp_path / "config.json", tmp_path / "data"
+    write_training_cases(data, count=3, shape=(20, 32, 32))
+    settings = tiny_config()
+    settings["data"].update(p_real=0.5, validation_fraction=0.0)  # real and synthetic volumes
+    config.write_text(json.dumps(settings))
+    first = torchrun(str(run), "--config", str(config), "--steps", "2", "--data", str(data))
     assert first.returncode == 0, first.stderr[-3000:]
+    # rank 0 prepared the cases and said so once; rank 1 read its work
+    assert first.stdout.count("prepared CT_case_") == 3 and first.stdout.count("3 training cases") == 1
     state = torch.load(run / "checkpoint.pt", weights_only=False)
     assert state["step"] == 2
-    second = torchrun(str(run), "--resume", "--steps", "4")
+    second = torchrun(str(run), "--resume", "--steps", "4", "--data", str(data))
     assert second.returncode == 0, second.stderr[-3000:]
     assert second.stdout.count("resumed at step 2") == 1  # rank 0 speaks for the run
     assert torch.load(run / "checkpoint.pt", weights_only=False)["step"] == 4

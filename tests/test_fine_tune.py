@@ -16,6 +16,7 @@ from inference.nninteractive.layout import CHANNELS
 from training.samples import Sample
 from scripts.make_nninteractive_layout import RESENC_L_FEATURES
 from training.train import DEFAULT_CONFIG, batch_loss, learning_rate, loss_terms, main, run_spec
+from training_cases import write_training_cases
 
 REPO = Path(__file__).resolve().parent.parent
 CONFIGS = REPO / "training" / "configs"
@@ -82,10 +83,12 @@ def nninteractive_layout(tmp_path_factory) -> Path:
 
 def test_a_seed_recipe_run_from_an_nninteractive_download_trains_its_8_channels_and_2_logits(
         tmp_path, run_predict_sh, nninteractive_layout):
-    run = tmp_path / "run"
+    run, data = tmp_path / "run", tmp_path / "data"
+    write_training_cases(data, count=2, shape=(24, 40, 40))
     config = quick(SEED_RECIPE, tmp_path / "config")
+    assert json.loads(config.read_text())["data"]["p_real"] == 1.0  # the seed system trains on real cases only
     main([str(run), "--config", str(config), "--init-from", str(nninteractive_layout), "--steps", "1",
-          "--device", "cpu"])
+          "--device", "cpu", "--data", str(data)])
     spec = json.loads((run / "model" / "model.json").read_text())
     assert spec["channels"] == CHANNELS and spec["output"] == "softmax2" and spec["patch_size"] == 64
     assert spec["architecture"]["arch_kwargs"]["features_per_stage"] == RESENC_L_FEATURES

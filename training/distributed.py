@@ -8,6 +8,7 @@ own slice of every step's samples, DDP averages the gradients, and rank 0 alone 
 """
 from __future__ import annotations
 
+import gc
 import os
 from dataclasses import dataclass
 
@@ -57,6 +58,11 @@ def start(device: torch.device) -> tuple[Ranks, torch.device]:
 
 def stop(ranks: Ranks) -> None:
     if ranks.distributed and dist.is_initialized():
+        # the DDP wrapper sits in reference cycles and would keep gloo's process group (and its threads) alive
+        # until the interpreter exits, where destroying them aborted one run in 12 ("terminate called without
+        # an active exception"): free it now, and let every rank get here before the group goes
+        gc.collect()
+        dist.barrier()
         dist.destroy_process_group()
 
 

@@ -13,6 +13,8 @@ import numpy as np
 import torch
 from scipy import ndimage
 
+from .real_cases import RealCases
+
 DATA_DIR = Path(__file__).resolve().parent / "data"
 # Atlases on the common 1 mm CAT12 grid (161 x 197 x 161); `hammers` is held out for validation.
 TRAINING_ATLASES = ("neuromorphometrics", "lpba40", "ibsr", "mori", "julichbrain", "anatomy3", "aal3",
@@ -45,16 +47,20 @@ def mni_tissue(data_dir: Path = DATA_DIR) -> tuple[np.ndarray, np.ndarray]:
 
 @dataclass
 class LabelSources:
-    """The real label maps, read once; `atlases` may be empty (then only random shapes are drawn)."""
+    """The real label maps, read once; `atlases` may be empty (then only random shapes are drawn).
+
+    `real`: labelled cases (`training.train --data`), drawn as they are instead of synthesised."""
 
     atlases: list[np.ndarray] = field(default_factory=list)
     tissue: np.ndarray | None = None
+    real: RealCases | None = None
 
     @classmethod
-    def load(cls, data_dir: Path = DATA_DIR, names: tuple[str, ...] = TRAINING_ATLASES) -> "LabelSources":
+    def load(cls, data_dir: Path = DATA_DIR, names: tuple[str, ...] = TRAINING_ATLASES,
+             real: RealCases | None = None) -> "LabelSources":
         present = [n for n in names if (data_dir / f"{n}.nii.gz").exists()]
         tissue = mni_tissue(data_dir)[1] if (data_dir / "mni_icbm152_gm_tal_nlin_sym_09a_converted.nii.gz").exists() else None
-        return cls([read_atlas(n, data_dir) for n in present], tissue)
+        return cls([read_atlas(n, data_dir) for n in present], tissue, real)
 
 
 # ----------------------------------------------------------------------------- random shapes

@@ -3,6 +3,8 @@
 Boxes follow the organisers' rule (harness `organiser_box`), clicks come from the harness's
 simulated user; a sample is turned into a network input by the container's own code
 (`segfm.inputs.network_input` on a `Case`), so training sees exactly what inference feeds.
+Volumes come from two sources through the same recipe: synthesised from label maps, or
+(`Recipe.p_real`) cropped from a real labelled case (training/real_cases.py).
 """
 from __future__ import annotations
 
@@ -21,12 +23,15 @@ from inference.fusion import PatchProbability, apply_clicks, fuse_classes
 from inference.harness.boxes import organiser_box
 from inference.harness.simulated_user import Click, simulate_click
 from inference.model import Model
-from inference.class_task import Effort, prepare
+from inference.autozoom import ZOOM_OUT_STEP
+from inference.class_task import Effort, PreparedCase, label_regions, prepare
+from inference.geometry import Region, union
 from inference.pipelines import segment_class
 from inference.segfm.inputs import network_input, prompt_region
 from inference.segfm.tiles import coarse_answer
 
 from .label_maps import SHAPE_KINDS, LabelSources, label_values, random_shapes
+from .real_cases import RealCases
 from .synthesis import crop_around, render_image, reorient, rotate_and_scale, thick_slices
 
 LABEL = 1  # the target is always class 0 = label 1 of its case
@@ -50,6 +55,11 @@ class Recipe:
     targets_per_volume: int = 1
     # how often each of label_maps.SHAPE_KINDS is drawn (None: all alike)
     shape_weights: tuple[float, ...] | None = None
+    # real labelled cases (`training.train --data`): the share of volumes cropped from them when there are any
+    p_real: float = 0.5
+    # of those, the share whose target is all the case's labels as one structure (a whole brain from its parts)
+    p_real_union: float = 0.1
+    validation_fraction: float = 0.1  # of the real cases, held out by a hash of their names
 
     def __post_init__(self) -> None:
         if self.targets_per_volume < 1:
@@ -72,10 +82,19 @@ class TrainingVolume:
     spacing: tuple[float, float, float]  # array order (z, y, x)
     source: str
     labels: np.ndarray | None = None  # the label map the target came from: its neighbours
+    # normalisation -> (mean, std) of the whole case a real volume was cropped from: the container normalises
+    # with the whole image's statistics, not the crop's (None: the volume is the whole image)
+    intensity: dict[str, tuple[float, float]] | None = None
 
 
-def draw_volume(rng: np.random.Generator, sources: LabelSources, recipe: Recipe) -> TrainingVolume:
-    """One random volume and target; retries until the target survives cropping and thick slicing."""
+def draw_volume(rng: np.random.Generator, sources: LabelSources, recipe: Recipe, patch: int = 96,
+                max_zoom: float = 4.0) -> TrainingVolume:
+    """One random volume and target; retries until the target survives cropping and thick slicing.
+
+    A real case's crop is sized for a network of `patch` and `max_zoom` (`real_region`)."""
+    # no draw without real cases: the synthetic-only runs recorded before keep their random streams
+    if sources.real is not None and recipe.p_real > 0 and rng.random() < recipe.p_real:
+        return draw_real_volume(rng, sources.real, recipe, patch, max_zoom)
     for _ in range(20):
         u = rng.random()
         if u < recipe.p_atlas and sources.atlases:
@@ -98,6 +117,38 @@ def draw_volume(rng: np.random.Generator, sources: LabelSources, recipe: Recipe)
             continue
         return TrainingVolume(render_image(labels, rng), truth, (float(k), 1.0, 1.0), source, labels)
     raise RuntimeError("no usable target in 20 draws")
+
+
+def draw_real_volume(rng: np.random.Generator, real: RealCases, recipe: Recipe, patch: int,
+                     max_zoom: float) -> TrainingVolume:
+    """A crop of a real case around one of its labels (or, `p_real_union`, all of them as one target),
+    read from the prepared arrays: only the region the container's fields of view can reach."""
+    case = real.cases[int(rng.integers(len(real.cases)))]
+    labels = sorted(case.labels)
+    usable = [label for label in labels if case.labels[label].voxels >= MIN_TARGET_VOXELS] or labels
+    if recipe.p_real_union > 0 and len(labels) > 1 and rng.random() < recipe.p_real_union:
+        chosen = labels
+    else:
+        chosen = [usable[int(rng.integers(len(usable)))]]
+    target = union(*(case.labels[label].region for label in chosen))
+    image, label_map = case.read(real_region(target, case.shape, patch, max_zoom))
+    truth = np.isin(label_map, chosen) if len(chosen) > 1 else label_map == chosen[0]
+    return TrainingVolume(image, truth, case.spacing, "real", label_map, case.intensity)
+
+
+def real_region(target: Region, shape: tuple[int, ...], patch: int, max_zoom: float) -> Region:
+    """The part of a case a sample of `target` reads: the target and a patch around it, at most
+    patch * (max_zoom + 1) per axis (the widest field of view and half a patch each side) centred
+    on the target, so a worker's memory is bounded whatever the case size."""
+    most = int(np.ceil(patch * (max_zoom + 1)))
+    region = []
+    for (a, b), n in zip(target, shape):
+        start, stop = a - patch, b + patch
+        if stop - start > most:
+            start = (a + b) // 2 - most // 2
+            stop = start + most
+        region.append([max(start, 0), min(stop, n)])
+    return region
 
 
 def target_labels(present: np.ndarray, source: str) -> np.ndarray:
@@ -151,10 +202,20 @@ def as_case(volume: TrainingVolume, prompt: ClassPrompt, prev_pred: np.ndarray |
     return Case("train", volume.image, volume.spacing, [prompt], prev_pred)
 
 
+def prepared_volume(model: Model, volume: TrainingVolume, prompt: ClassPrompt,
+                    prev_pred: np.ndarray | None) -> PreparedCase:
+    """The container's `prepare` of the volume as a case; a real crop keeps its whole case's intensity statistics."""
+    case = as_case(volume, prompt, prev_pred)
+    stats = volume.intensity.get(model.spec.normalisation) if volume.intensity else None
+    if stats is None:
+        return prepare(case, model)
+    return PreparedCase(case, *stats, label_regions(prev_pred))
+
+
 def training_pair(model: Model, volume: TrainingVolume, prompt: ClassPrompt,
                   prev_pred: np.ndarray | None) -> tuple[torch.Tensor, torch.Tensor]:
     """(network input (C, P, P, P), soft target (P, P, P)) on the field of view the container would choose."""
-    prepared = prepare(as_case(volume, prompt, prev_pred), model)
+    prepared = prepared_volume(model, volume, prompt, prev_pred)
     fov = fit(prompt_region(prepared, prompt), model.spec.patch_size)
     return network_input(model, prepared, prompt, fov), patch_target(volume.truth, fov)
 
@@ -168,7 +229,7 @@ def tile_pair(model: Model, volume: TrainingVolume, prompt: ClassPrompt, prev_pr
     """
     if prompt.box is None:
         return None
-    prepared = prepare(as_case(volume, prompt, prev_pred), model)
+    prepared = prepared_volume(model, volume, prompt, prev_pred)
     patch = model.spec.patch_size
     if fit(prompt_region(prepared, prompt), patch).zoom <= 1:
         return None
@@ -181,6 +242,33 @@ def tile_pair(model: Model, volume: TrainingVolume, prompt: ClassPrompt, prev_pr
         return None
     fov = answer.tiles[int(rng.integers(len(answer.tiles)))]
     return network_input(model, prepared, prompt, fov, previous=answer.previous(fov)), patch_target(volume.truth, fov)
+
+
+def autozoom_pair(model: Model, volume: TrainingVolume, prompt: ClassPrompt, prev_pred: np.ndarray | None,
+                  rng: np.random.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    """(network input, soft target) of a no-box prompt on one of the fields of view the container's AutoZoom
+    passes through (`autozoom_views`): large objects from one click are learnt at every zoom the container
+    would see them at, the target running up to the border of the zoom-1 view."""
+    prepared = prepared_volume(model, volume, prompt, prev_pred)
+    first = fit(prompt_region(prepared, prompt), model.spec.patch_size)
+    views = autozoom_views(first, volume.truth, model.spec.max_zoom)
+    fov = views[int(rng.integers(len(views)))]
+    return network_input(model, prepared, prompt, fov), patch_target(volume.truth, fov)
+
+
+def autozoom_views(first: FieldOfView, truth: np.ndarray, max_zoom: float) -> list[FieldOfView]:
+    """`first` and the views AutoZoom zooms out to (`autozoom.auto_zoom`) if the answer were the truth:
+    it zooms out while the answer reaches a face of the view, up to `max_zoom`."""
+    target = label_regions(truth.view(np.uint8))[1]
+    views = [first]
+    while views[-1].zoom < max_zoom - 1e-6 and touches_a_face(views[-1], target):
+        views.append(views[-1].zoomed_out(ZOOM_OUT_STEP, max_zoom))
+    return views
+
+
+def touches_a_face(fov: FieldOfView, target: Region) -> bool:
+    """Does a structure spanning `target` reach a face of `fov`? (A face outside the volume never does.)"""
+    return any(a <= s < b or a <= s + fov.side - 1 < b for (a, b), s in zip(target, fov.start))
 
 
 @contextmanager
@@ -258,7 +346,7 @@ def prompted_sample(model: Model, volume: TrainingVolume, rng: np.random.Generat
         with evaluating(model):
             for _ in range(wanted):
                 t0 = time.perf_counter()
-                prepared = prepare(as_case(volume, prompt, prev), model)
+                prepared = prepared_volume(model, volume, prompt, prev)
                 # one pass per round (no AutoZoom): the hardened prediction is only a prompt here
                 outcome = segment_class(model, prepared, prompt, Effort(model.spec.patch_size, max_passes=1))
                 passes_seconds += time.perf_counter() - t0
@@ -275,8 +363,13 @@ def prompted_sample(model: Model, volume: TrainingVolume, rng: np.random.Generat
         t0 = time.perf_counter()
         pair = tile_pair(model, volume, prompt, prev, rng)
         passes_seconds += time.perf_counter() - t0
+    tile = pair is not None
+    # no draw when the share is absent or 0, as above
+    if (pair is None and prompt.box is None and prompting.get("p_autozoom", 0) > 0
+            and rng.random() < prompting["p_autozoom"]):
+        pair = autozoom_pair(model, volume, prompt, prev, rng)
     x, target = pair if pair is not None else training_pair(model, volume, prompt, prev)
-    return Sample(x, target, no_box, rounds, passes_seconds=passes_seconds, tile=pair is not None)
+    return Sample(x, target, no_box, rounds, passes_seconds=passes_seconds, tile=tile)
 
 
 def sample_rng(seed: int, step: int, index: int) -> np.random.Generator:
@@ -290,7 +383,7 @@ def draw_samples(model: Model, sources: LabelSources, recipe: Recipe, prompting:
     many of its structures as targets, each prompted against `model`'s own errors."""
     t0 = time.perf_counter()
     rng = sample_rng(seed, step, first)
-    volume = draw_volume(rng, sources, recipe)
+    volume = draw_volume(rng, sources, recipe, model.spec.patch_size, model.spec.max_zoom)
     volume_seconds = time.perf_counter() - t0
     samples = []
     for k in range(count):

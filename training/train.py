@@ -2,10 +2,11 @@
 
     .venv/bin/python -m training.train RUN_DIR [--config training/config.json] [--resume] [--minutes M] [--steps N]
                                                [--init-from MODEL_DIR] [--patch P] [--device auto|cpu|cuda]
-                                               [--workers W]
+                                               [--workers W] [--data DIR ...]
     torchrun --nproc_per_node N -m training.train RUN_DIR ...   (DistributedDataParallel, training/distributed.py)
 
-Each step draws `batch_size` synthetic volumes (deterministic in (seed, step, index)). Per sample:
+Each step draws `batch_size` volumes (deterministic in (seed, step, index)): synthetic, or with `--data`
+(`data.p_real` of them) crops of real labelled cases, prepared on first use (training/real_cases.py). Per sample:
 the first prompt is the organisers' box, or (no-box samples) the evaluator's first click.
 With probability `p_single_pass` the loss is on that single pass. Otherwise the model
 predicts without gradient through the container's own `segment_class`, the harness's
@@ -48,6 +49,7 @@ from . import distributed
 from .distributed import Ranks
 from .feed import InProcessFeed, WorkerFeed
 from .label_maps import LabelSources
+from .real_cases import NoUsableCase, RealCases, load_real_cases
 from .record import plot_loss
 from .samples import Recipe, Sample
 
@@ -358,6 +360,22 @@ def train(run_dir: Path, config: dict, resume: bool, minutes: float | None, step
     return step
 
 
+def real_cases(data_dirs: list[Path], config: dict, ranks: Ranks) -> RealCases:
+    """The `--data` cases: rank 0 prepares what is not yet prepared, the other ranks then read its work."""
+    fraction = Recipe.from_config(config["data"]).validation_fraction
+
+    def load() -> RealCases:
+        try:
+            return load_real_cases(data_dirs, fraction, verbose=ranks.main)
+        except NoUsableCase as exc:
+            raise SystemExit(f"training.train: {exc}") from None
+
+    if ranks.main:
+        real = load()
+    distributed.barrier(ranks)  # a rank 0 that found no case exits, and torchrun then stops the others
+    return real if ranks.main else load()
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("run_dir", type=Path)
@@ -374,6 +392,9 @@ def main(argv: list[str] | None = None) -> None:
                         help="where the network trains (auto: the GPU when there is one)")
     parser.add_argument("--workers", type=int, default=0,
                         help="processes that draw samples, per rank (0: in this process, the right choice on 2 cores)")
+    parser.add_argument("--data", type=Path, action="append", metavar="DIR",
+                        help="a folder of labelled cases (challenge training .npz, or imagesTr/ + labelsTr/ NIfTI), "
+                             "prepared on first use; repeat for several; the config's data.p_real mixes them in")
     args = parser.parse_args(argv)
     config = json.loads(((args.run_dir / "config.json") if args.resume and (args.run_dir / "config.json").exists()
                          else args.config).read_text())
@@ -382,8 +403,10 @@ def main(argv: list[str] | None = None) -> None:
     t0 = time.monotonic()
     ranks, device = distributed.start(pick_device() if args.device == "auto" else torch.device(args.device))
     try:
+        real = real_cases(args.data, config, ranks) if args.data else None
         step = train(args.run_dir, config, args.resume, args.minutes, args.steps, init_from=args.init_from,
-                     device=device, workers=args.workers, patch_size=args.patch, ranks=ranks)
+                     device=device, workers=args.workers, patch_size=args.patch, ranks=ranks,
+                     sources=LabelSources.load(real=real) if real is not None else None)
     finally:
         distributed.stop(ranks)
     if ranks.main:
