@@ -241,7 +241,7 @@ def test_a_real_volume_is_a_crop_around_a_label_of_the_case(tmp_path):
     sources = real_sources(tmp_path, shape=(24, 80, 90), n_labels=3)
     recipe = Recipe(p_real=1.0, p_real_union=0.0)
     for seed in range(6):
-        volume = draw_volume(np.random.default_rng(seed), sources, recipe, 16, 4.0)
+        volume = draw_volume(np.random.default_rng(seed), sources, recipe, 16, 8.0)  # no cap: 128 a side
         case = next(c for c in sources.real.cases if volume.intensity is c.intensity)
         label = int(volume.labels[np.unravel_index(np.argmax(volume.truth), volume.truth.shape)])
         extent = case.labels[label]
@@ -263,8 +263,8 @@ def test_the_region_a_sample_reads_is_bounded_whatever_the_case_size():
     small = real_region([[500, 510], [200, 210], [200, 210]], shape, 96, 4)
     assert small == [[404, 606], [104, 306], [104, 306]]
     whole = real_region([[0, 1000], [0, 512], [0, 512]], shape, 96, 4)
-    assert all(b - a <= 480 for a, b in whole)
-    assert whole[0] == [260, 740]  # centred on the target
+    assert all(b - a <= 384 for a, b in whole)  # the widest field of view: 96 x 4
+    assert whole[0] == [308, 692]  # centred on the target
     edge = real_region([[0, 4], [0, 4], [0, 4]], shape, 96, 4)
     assert edge == [[0, 100]] * 3
 

@@ -137,10 +137,12 @@ def draw_real_volume(rng: np.random.Generator, real: RealCases, recipe: Recipe, 
 
 
 def real_region(target: Region, shape: tuple[int, ...], patch: int, max_zoom: float) -> Region:
-    """The part of a case a sample of `target` reads: the target and a patch around it, at most
-    patch * (max_zoom + 1) per axis (the widest field of view and half a patch each side) centred
-    on the target, so a worker's memory is bounded whatever the case size."""
-    most = int(np.ceil(patch * (max_zoom + 1)))
+    """The part of a case a sample of `target` reads: the target and a patch around it, at most the widest
+    field of view (patch * max_zoom) per axis, centred on the target, so a worker's memory is bounded
+    whatever the case size."""
+    # not one patch more: the simulated user's distance transform of a target filling the crop costs
+    # 14 bytes a voxel, and a 480^3 crop peaked at 3.5 GiB in a worker (scripts/benchmark_real_data.py)
+    most = int(np.ceil(patch * max_zoom))
     region = []
     for (a, b), n in zip(target, shape):
         start, stop = a - patch, b + patch
