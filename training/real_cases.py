@@ -8,7 +8,7 @@ Two formats are read from a folder DIR:
 
 Preparation writes `DIR/prepared/<case>/`: `imgs.npy` and `gts.npy` uncompressed, so that a crop is a
 memory-mapped read of only the pages it needs, and `case.json` with the shape, the spacing, every
-label's voxel count and bounding box (cc3d statistics) and the whole image's intensity statistics for
+label's voxel count and region (the container's `label_regions`) and the whole image's intensity statistics for
 each normalisation the container knows (a crop must be normalised as the whole case is at inference).
 It runs once per case (`python -m training.prepare DIR ...`, or on first use by `training.train --data`)
 and again only when the case's file changes. Every label of a case is a target (the harness's
@@ -29,11 +29,11 @@ import zlib
 from dataclasses import dataclass
 from pathlib import Path
 
-import cc3d
 import numpy as np
 
 from inference.harness.convert_nifti import convert_pair, pair_files, percentile_scale
-from inference.geometry import Region, region_of, slices
+from inference.class_task import label_regions
+from inference.geometry import Region, slices
 from inference.harness.metrics import case_classes
 from inference.normalisation import METHODS, intensity_stats
 
@@ -146,18 +146,10 @@ def one_line(value, limit: int = 200) -> str:
 
 
 def label_extents(gts: np.ndarray) -> dict[int, LabelExtent]:
-    """Voxel count and bounding box of every class of the case (the evaluator's classes)."""
-    classes = case_classes(gts)
-    try:
-        stats = cc3d.statistics(np.ascontiguousarray(gts), no_slice_conversion=True)
-        counts, boxes = stats["voxel_counts"], stats["bounding_boxes"]
-        return {c: LabelExtent(int(counts[c]), region_of(boxes[c][0::2], boxes[c][1::2])) for c in classes}
-    except ValueError:  # cc3d refuses label values above the voxel count (tiny volumes)
-        from scipy import ndimage
-
-        where = ndimage.find_objects(gts)
-        counts = np.bincount(gts.ravel())
-        return {c: LabelExtent(int(counts[c]), [[s.start, s.stop] for s in where[c - 1]]) for c in classes}
+    """Voxel count and region of every class of the case (the evaluator's classes)."""
+    regions = label_regions(gts)
+    counts = np.bincount(gts.ravel())
+    return {c: LabelExtent(int(counts[c]), regions[c]) for c in case_classes(gts)}
 
 
 def write_prepared(folder: Path, name: str, source: Path, imgs: np.ndarray, gts: np.ndarray,
