@@ -148,7 +148,9 @@ def one_line(value, limit: int = 200) -> str:
 def label_extents(gts: np.ndarray) -> dict[int, LabelExtent]:
     """Voxel count and region of every class of the case (the evaluator's classes)."""
     regions = label_regions(gts)
-    counts = np.bincount(gts.ravel())
+    # slice by slice: np.bincount casts to int64, 8 bytes a voxel of the whole case at once
+    size = int(gts.max()) + 1
+    counts = sum(np.bincount(plane.ravel(), minlength=size) for plane in gts)
     return {c: LabelExtent(int(counts[c]), regions[c]) for c in case_classes(gts)}
 
 
