@@ -15,9 +15,10 @@ from scipy.ndimage import distance_transform_edt
 
 from inference.harness.__main__ import main as harness_main
 from inference.harness.boxes import case_rng, organiser_box, organiser_boxes
-from inference.harness.protocol import Predictor, TrainingCase, load_training_case, official_row, replay_case
-from inference.harness.report import OFFICIAL_COLUMNS, modality, read_metrics, summarize
+from inference.harness.protocol import Predictor, TrainingCase, class_rows, load_training_case, official_row, replay_case
+from inference.harness.report import OFFICIAL_COLUMNS, modality, read_metrics, summarize, summarize_strata
 from inference.harness.simulated_user import Click, simulate_click, simulate_round
+from inference.harness.strata import stratum, target_extent
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -203,6 +204,45 @@ def test_an_answer_of_the_wrong_shape_is_reported_not_scored(tmp_path):
     assert row["DSC_Final"] == 0.0 and set(OFFICIAL_COLUMNS) <= set(row)
 
 
+def test_class_rows_hold_each_class_s_own_scores_and_stratum(tmp_path):
+    case = small_case(boxes=False)
+    np.save(tmp_path / "gts.npy", case.gts)
+    # class 1 perfect from the first click round on, class 2 never answered
+    predictor = script_predictor(tmp_path, f"g = np.load({str(tmp_path / 'gts.npy')!r})\n"
+                                           "np.savez(out / f.name, segs=np.where(g == 1, 1, 0).astype(np.uint8))\n")
+    result = replay_case(case, predictor, tmp_path / "work")
+    assert result.extents == [10, 8]
+    first, second = class_rows(result, patch=27)
+    assert (first["stratum"], second["stratum"]) == ("medium", "small")  # 10 >= 27/3 > 8
+    assert [first[f"DSC_{i}"] for i in range(1, 7)] == [0.0] + [1.0] * 5
+    assert [second[f"DSC_{i}"] for i in range(1, 7)] == [0.0] * 6
+    assert first["DSC_AUC"] == pytest.approx(4.0) and second["DSC_AUC"] == 0.0
+    case_row = official_row(result)
+    for i in range(1, 7):  # the evaluator's case scores are the means of the class scores, NSD's rule included
+        assert case_row[f"DSC_{i}"] == pytest.approx((first[f"DSC_{i}"] + second[f"DSC_{i}"]) / 2)
+        assert case_row[f"NSD_{i}"] == pytest.approx((first[f"NSD_{i}"] + second[f"NSD_{i}"]) / 2)
+    assert first["NSD_2"] == 1.0  # the case's DSC 0.5 > 0.2, so NSD is computed for every class
+
+
+def test_size_strata_split_at_a_third_of_the_patch_and_at_the_patch():
+    assert [stratum(e, 96) for e in (1, 31, 32, 96, 97, 500)] == ["small", "small", "medium", "medium", "large", "large"]
+    mask = np.zeros((20, 30, 40), bool)
+    assert target_extent(mask) == 0
+    mask[3:5, 2:29, 10:11] = True
+    assert target_extent(mask) == 27
+
+
+def test_strata_summary_groups_targets_and_applies_the_budget_rule():
+    def row(modality_, size, auc_, over=False):
+        return {"modality": modality_, "stratum": size, "over_budget": over, "DSC_AUC": auc_, "NSD_AUC": auc_,
+                "DSC_Final": auc_ / 4, "NSD_Final": auc_ / 4}
+
+    table = summarize_strata([row("CT", "large", 2.0), row("MR", "large", 3.0, over=True), row("MR", "small", 1.0)])
+    got = {(e["modality"], e["stratum"]): (e["targets"], e["DSC_AUC"], e["scored_DSC_AUC"]) for e in table}
+    assert got == {("all", "large"): (2, 2.5, 1.0), ("all", "small"): (1, 1.0, 1.0), ("CT", "large"): (1, 2.0, 2.0),
+                   ("MR", "large"): (1, 3.0, 0.0), ("MR", "small"): (1, 1.0, 1.0)}
+
+
 def test_cases_without_boxes_get_organiser_boxes_unless_no_box(tmp_path):
     case = small_case(boxes=False)
     path = tmp_path / "CT_small.npz"
@@ -267,6 +307,9 @@ def test_cli_runs_shards_that_merge_into_the_same_numbers_twice(tmp_path, capsys
             return [{k: v for k, v in r.items() if k != "mean_total_time_s"} for r in csv.DictReader(f)]
 
     assert summary(tmp_path / "all" / "summary.csv") == summary(tmp_path / "merged" / "summary.csv")
+    assert summary(tmp_path / "all" / "strata.csv") == summary(tmp_path / "merged" / "strata.csv")
+    per_class = read_metrics([tmp_path / "all" / "classes.csv"])
+    assert len(per_class) == 6 and {r["stratum"] for r in per_class} == {"small"}  # extents 10 and 8 < 96/3
     assert 0.0 < float(whole["CT_a.npz"][2]) < 1.0
     rows = read_metrics([tmp_path / "all" / "metrics.csv"])
     assert {r["modality"] for r in rows} == {"CT", "MR", "US"}

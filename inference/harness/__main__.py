@@ -1,11 +1,12 @@
 """Replay the official SegFM3D protocol locally and score it.
 
     python -m inference.harness run CASES_DIR OUT_DIR [--predictor "CMD {inputs} {outputs}"]
-                                   [--docker IMAGE] [--no-box] [--shard I/N] [--seed S] [--physical-spacing]
+                                   [--docker IMAGE] [--no-box] [--shard I/N] [--seed S] [--physical-spacing] [--patch P]
     python -m inference.harness report OUT_DIR/metrics*.csv --out DIR
 
-`run` writes OUT_DIR/metrics.csv (metrics_shardIofN.csv with --shard), summary.csv and
-rounds.png, and prints the summary. `report` merges shards into one summary and plot.
+`run` writes OUT_DIR/metrics.csv (metrics_shardIofN.csv with --shard), classes.csv (every scored class
+with its size stratum: small < P/3, large > P voxels of bounding-box extent, P the patch, 96 by default),
+summary.csv, strata.csv and rounds.png, and prints the summaries. `report` merges shards into one.
 """
 from __future__ import annotations
 
@@ -16,9 +17,11 @@ import sys
 import tempfile
 from pathlib import Path
 
-from .protocol import DEFAULT_COMMAND, Predictor, ProtocolError, docker_predictor, load_training_case, official_row
-from .protocol import replay_case
-from .report import format_summary, modality, plot_rounds, read_metrics, summarize, write_metrics, write_summary
+from .protocol import DEFAULT_COMMAND, Predictor, ProtocolError, class_rows, docker_predictor, load_training_case
+from .protocol import official_row, replay_case
+from .report import CLASS_COLUMNS, classes_path, format_strata, format_summary, modality, plot_rounds, read_metrics
+from .report import summarize, summarize_strata, write_metrics, write_summary
+from .strata import DEFAULT_PATCH
 
 
 def _shard(text: str) -> tuple[int, int]:
@@ -50,7 +53,7 @@ def run(args) -> int:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     name = "metrics.csv" if count == 1 else f"metrics_shard{index}of{count}.csv"
-    rows = []
+    rows, per_class = [], []
     from tqdm import tqdm
 
     with tempfile.TemporaryDirectory(prefix="segfm-harness-") as tmp:
@@ -64,22 +67,30 @@ def run(args) -> int:
                 continue
             if result.error:
                 tqdm.write(f"[{path.name}] ERROR: {result.error}", file=sys.stderr)
-            row = official_row(result)
-            row.update(modality=modality(path.name), over_budget=result.over_budget, error=result.error or "")
-            rows.append(row)
+            extra = {"modality": modality(path.name), "over_budget": result.over_budget, "error": result.error or ""}
+            rows.append({**official_row(result), **extra})
+            per_class += [{**row, **extra} for row in class_rows(result, args.patch)]
             write_metrics(out / name, rows)  # after every case: a long run can be inspected or resumed
+            write_metrics(classes_path(out / name), per_class, CLASS_COLUMNS)
     if not rows:
         return 1
-    report_to(read_metrics([out / name]), out)
+    report_to(read_metrics([out / name]), read_metrics([classes_path(out / name)]), out)
     return 0
 
 
-def report_to(rows: list[dict], out: Path) -> None:
+def report_to(rows: list[dict], per_class: list[dict], out: Path) -> None:
     summary = summarize(rows)
     write_summary(out / "summary.csv", summary)
     plot_rounds(rows, out / "rounds.png")
     print(format_summary(summary))
-    print(f"wrote {out / 'summary.csv'} and {out / 'rounds.png'}")
+    written = [out / "summary.csv", out / "rounds.png"]
+    if per_class:
+        strata = summarize_strata(per_class)
+        write_summary(out / "strata.csv", strata)
+        print("\nper size stratum (targets = scored classes; budget rule applied):")
+        print(format_strata(strata))
+        written.append(out / "strata.csv")
+    print("wrote " + ", ".join(str(p) for p in written))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -98,6 +109,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--physical-spacing", action="store_true",
                    help="NSD with spacing in array order (the evaluator passes it as stored: x, y, z)")
     p.add_argument("--workdir", help="keep the per-case workspaces (inputs, outputs, predictor.log) here")
+    p.add_argument("--patch", type=int, default=DEFAULT_PATCH,
+                   help="the patch side the size strata are measured against (default: %(default)s)")
     r = sub.add_parser("report", help="merge metrics CSVs (e.g. shards) into one summary and plot")
     r.add_argument("csvs", nargs="+", type=Path)
     r.add_argument("--out", type=Path, required=True)
@@ -105,7 +118,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "run":
         return run(args)
     args.out.mkdir(parents=True, exist_ok=True)
-    report_to(read_metrics(args.csvs), args.out)
+    per_class = [classes_path(p) for p in args.csvs if classes_path(p).is_file()]
+    report_to(read_metrics(args.csvs), read_metrics(per_class), args.out)
     return 0
 
 

@@ -104,14 +104,27 @@ def case_nsd(gts: np.ndarray, segs: np.ndarray, spacing_xyz: Sequence[float], ph
     return _case_nsd(gts, segs, spacing, case_classes(gts), tolerance_mm)
 
 
+def class_scores(gts: np.ndarray, segs: np.ndarray, spacing_xyz: Sequence[float],
+                 physical_spacing: bool = False) -> tuple[list[float], list[float]]:
+    """Per ground-truth class, the DSC and NSD of one call whose means are the evaluator's case scores: NSD
+    is 0.0 for every class unless the case DSC (their mean) is > 0.2."""
+    classes = case_classes(gts)
+    dsc = [dice(gts == c, segs == c) for c in classes]
+    if not _mean(dsc) > NSD_MIN_DSC:  # also false for NaN, as in the evaluator
+        return dsc, [0.0] * len(classes)
+    spacing = array_spacing(spacing_xyz, physical_spacing)
+    return dsc, [surface_dice(gts == c, segs == c, spacing, NSD_TOLERANCE_MM) for c in classes]
+
+
+def case_means(dsc: list[float], nsd: list[float]) -> tuple[float, float]:
+    """The case's (DSC, NSD) from `class_scores`: NaN DSC and NSD 0.0 for a case without classes."""
+    return _mean(dsc), (_mean(nsd) if nsd else 0.0)
+
+
 def round_scores(gts: np.ndarray, segs: np.ndarray, spacing_xyz: Sequence[float],
                  physical_spacing: bool = False) -> tuple[float, float]:
     """(DSC, NSD) of one call as the evaluator scores it: NSD is 0.0 unless DSC > 0.2."""
-    classes = case_classes(gts)
-    dsc = _case_dsc(gts, segs, classes)
-    if not dsc > NSD_MIN_DSC:  # also false for NaN, as in the evaluator
-        return dsc, 0.0
-    return dsc, _case_nsd(gts, segs, array_spacing(spacing_xyz, physical_spacing), classes, NSD_TOLERANCE_MM)
+    return case_means(*class_scores(gts, segs, spacing_xyz, physical_spacing))
 
 
 def auc(scores: Sequence[float]) -> float:

@@ -18,8 +18,9 @@ from pathlib import Path
 import numpy as np
 
 from .boxes import case_rng, organiser_boxes
-from .metrics import auc, budget_seconds, case_classes, over_budget, round_scores
+from .metrics import auc, budget_seconds, case_classes, case_means, class_scores, over_budget
 from .simulated_user import simulate_round
+from .strata import DEFAULT_PATCH, stratum, target_extent
 
 N_ROUNDS = 5
 REPO = Path(__file__).resolve().parent.parent.parent
@@ -62,6 +63,10 @@ class CaseResult:
     dsc: list[float] = field(default_factory=list)
     nsd: list[float] = field(default_factory=list)
     error: str | None = None
+    labels: list[int] = field(default_factory=list)  # the scored classes
+    extents: list[int] = field(default_factory=list)  # per class: longest side of its bounding box (voxels)
+    class_dsc: list[list[float]] = field(default_factory=list)  # per call, per class (their mean is `dsc`)
+    class_nsd: list[list[float]] = field(default_factory=list)
 
     @property
     def total_time(self) -> float:
@@ -102,7 +107,8 @@ def load_training_case(path: Path, no_box: bool = False, seed: int = 0) -> Train
 def replay_case(case: TrainingCase, predictor: Predictor, workdir: Path, physical_spacing: bool = False) -> CaseResult:
     """Run the protocol for one case in a fresh workspace under `workdir`."""
     labels = case_classes(case.gts)  # the evaluator's classes: clicks and scores agree on them
-    result = CaseResult(case.name, len(labels))
+    result = CaseResult(case.name, len(labels), labels=labels,
+                        extents=[target_extent(case.gts == label) for label in labels])
     workspace = workdir / Path(case.name).stem
     shutil.rmtree(workspace, ignore_errors=True)
     inputs, outputs = workspace / "inputs", workspace / "outputs"
@@ -114,10 +120,14 @@ def replay_case(case: TrainingCase, predictor: Predictor, workdir: Path, physica
     def call(arrays: dict) -> None:
         np.savez_compressed(inputs / case.name, **arrays)
         result.times.append(predictor.run(inputs, outputs, log))
-        segs = answer()
-        dsc, nsd = round_scores(case.gts, segs, case.spacing, physical_spacing)
-        result.dsc.append(dsc)
-        result.nsd.append(nsd)
+        record(*class_scores(case.gts, answer(), case.spacing, physical_spacing))
+
+    def record(dsc: list[float], nsd: list[float], means: tuple[float, float] | None = None) -> None:
+        result.class_dsc.append(dsc)
+        result.class_nsd.append(nsd)
+        case_dsc, case_nsd = means or case_means(dsc, nsd)
+        result.dsc.append(case_dsc)
+        result.nsd.append(case_nsd)
 
     def answer() -> np.ndarray:
         path = outputs / case.name
@@ -135,8 +145,7 @@ def replay_case(case: TrainingCase, predictor: Predictor, workdir: Path, physica
             call({"imgs": case.imgs, "spacing": case.spacing, **boxed})
         else:  # the evaluator scores the missing box call as 0 in 0 s
             result.times.append(0.0)
-            result.dsc.append(0.0)
-            result.nsd.append(0.0)
+            record([0.0] * len(labels), [0.0] * len(labels), (0.0, 0.0))
         clicks = [{"fg": [], "bg": []} for _ in labels]
         order: list[list[str | None]] = [[] for _ in labels]
         for _ in range(N_ROUNDS):
@@ -154,15 +163,34 @@ def replay_case(case: TrainingCase, predictor: Predictor, workdir: Path, physica
     return result
 
 
+def _padded(values: list[float]) -> list[float]:
+    """Scores or times of calls 1..6, the calls a failed case never made as 0."""
+    return values + [0.0] * (N_ROUNDS + 1 - len(values))
+
+
+def _score_columns(dsc: list[float], nsd: list[float]) -> dict:
+    dsc, nsd = _padded(dsc), _padded(nsd)
+    row = {"DSC_AUC": auc(dsc), "NSD_AUC": auc(nsd), "DSC_Final": dsc[-1], "NSD_Final": nsd[-1]}
+    row.update({f"DSC_{i + 1}": v for i, v in enumerate(dsc)})
+    row.update({f"NSD_{i + 1}": v for i, v in enumerate(nsd)})
+    return row
+
+
 def official_row(result: CaseResult) -> dict:
     """The evaluator's CSV columns for one case (scores as computed, before the budget rule)."""
     row = {"CaseName": result.name, "TotalRunningTime": result.total_time}
-    times = result.times + [0.0] * (N_ROUNDS + 1 - len(result.times))
-    dsc = result.dsc + [0.0] * (N_ROUNDS + 1 - len(result.dsc))
-    nsd = result.nsd + [0.0] * (N_ROUNDS + 1 - len(result.nsd))
-    row.update({f"RunningTime_{i + 1}": t for i, t in enumerate(times)})
-    row.update({"DSC_AUC": auc(dsc), "NSD_AUC": auc(nsd), "DSC_Final": dsc[-1], "NSD_Final": nsd[-1]})
-    row.update({f"DSC_{i + 1}": v for i, v in enumerate(dsc)})
-    row.update({f"NSD_{i + 1}": v for i, v in enumerate(nsd)})
+    row.update({f"RunningTime_{i + 1}": t for i, t in enumerate(_padded(result.times))})
+    row.update(_score_columns(result.dsc, result.nsd))
     row.update({"num_class": result.n_classes, "runtime_upperbound": budget_seconds(result.n_classes)})
     return row
+
+
+def class_rows(result: CaseResult, patch: int = DEFAULT_PATCH) -> list[dict]:
+    """One row per scored class: its extent, size stratum against `patch`, and its own scores per call and
+    AUCs (the case's official scores are their means)."""
+    rows = []
+    for i, (label, extent) in enumerate(zip(result.labels, result.extents)):
+        row = {"CaseName": result.name, "label": label, "extent": extent, "stratum": stratum(extent, patch)}
+        row.update(_score_columns([d[i] for d in result.class_dsc], [n[i] for n in result.class_nsd]))
+        rows.append(row)
+    return rows

@@ -1,4 +1,5 @@
-"""Per-case CSV (the evaluator's columns plus ours), per-modality summary, and the per-round plot."""
+"""Per-case CSV (the evaluator's columns plus ours), per-modality summary, the per-class CSV with each
+class's size stratum and its summary per stratum, and the per-round plot."""
 from __future__ import annotations
 
 import csv
@@ -6,13 +7,15 @@ from pathlib import Path
 
 import numpy as np
 
+from .strata import STRATA
+
 ROUNDS = range(1, 7)
-OFFICIAL_COLUMNS = (
-    ["CaseName", "TotalRunningTime"] + [f"RunningTime_{i}" for i in ROUNDS]
-    + ["DSC_AUC", "NSD_AUC", "DSC_Final", "NSD_Final"]
-    + [f"DSC_{i}" for i in ROUNDS] + [f"NSD_{i}" for i in ROUNDS] + ["num_class", "runtime_upperbound"]
-)
+SCORE_COLUMNS = (["DSC_AUC", "NSD_AUC", "DSC_Final", "NSD_Final"]
+                 + [f"DSC_{i}" for i in ROUNDS] + [f"NSD_{i}" for i in ROUNDS])
+OFFICIAL_COLUMNS = (["CaseName", "TotalRunningTime"] + [f"RunningTime_{i}" for i in ROUNDS]
+                    + SCORE_COLUMNS + ["num_class", "runtime_upperbound"])
 EXTRA_COLUMNS = ["modality", "over_budget", "error"]
+CLASS_COLUMNS = ["CaseName", "label", "extent", "stratum", *SCORE_COLUMNS, *EXTRA_COLUMNS]
 MODALITIES = ("CT", "MR", "PET", "US", "Microscopy")
 SCORES = ("DSC_AUC", "NSD_AUC", "DSC_Final", "NSD_Final")
 
@@ -23,12 +26,17 @@ def modality(case_name: str) -> str:
     return prefix if prefix in MODALITIES and "_" in case_name else "other"
 
 
-def write_metrics(path: Path, rows: list[dict]) -> None:
+def write_metrics(path: Path, rows: list[dict], columns: list[str] = OFFICIAL_COLUMNS + EXTRA_COLUMNS) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     with open(path, "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=OFFICIAL_COLUMNS + EXTRA_COLUMNS)
+        writer = csv.DictWriter(f, fieldnames=columns)
         writer.writeheader()
         writer.writerows(rows)
+
+
+def classes_path(metrics_path: Path) -> Path:
+    """The per-class CSV beside a metrics CSV (metrics.csv -> classes.csv, metrics_shard1of2.csv -> classes_shard1of2.csv)."""
+    return metrics_path.with_name(metrics_path.name.replace("metrics", "classes", 1))
 
 
 def read_metrics(paths: list[Path]) -> list[dict]:
@@ -51,6 +59,14 @@ def _number(text: str):
         return text
 
 
+def _means(group: list[dict]) -> dict:
+    """Mean scores of rows, and `scored_*` with the budget rule applied (over budget -> 0)."""
+    entry = {score: float(np.mean([r[score] for r in group])) for score in SCORES}
+    for score in SCORES:
+        entry[f"scored_{score}"] = float(np.mean([0.0 if r["over_budget"] else r[score] for r in group]))
+    return entry
+
+
 def summarize(rows: list[dict]) -> list[dict]:
     """Means per modality and overall; `scored_*` applies the budget rule (over budget -> 0)."""
     groups = {m: [r for r in rows if r["modality"] == m] for m in sorted({r["modality"] for r in rows})}
@@ -63,11 +79,20 @@ def summarize(rows: list[dict]) -> list[dict]:
                  "over_budget": sum(r["over_budget"] for r in group),
                  "failed": sum(bool(r["error"]) for r in group),
                  "mean_total_time_s": float(np.mean([r["TotalRunningTime"] for r in group]))}
-        for score in SCORES:
-            entry[score] = float(np.mean([r[score] for r in group]))
-        for score in SCORES:
-            entry[f"scored_{score}"] = float(np.mean([0.0 if r["over_budget"] else r[score] for r in group]))
+        entry.update(_means(group))
         summary.append(entry)
+    return summary
+
+
+def summarize_strata(class_rows: list[dict]) -> list[dict]:
+    """Means over classes (targets) per size stratum, overall and per modality."""
+    summary = []
+    for name in ["all", *sorted({r["modality"] for r in class_rows})]:
+        of_modality = [r for r in class_rows if name in ("all", r["modality"])]
+        for size in STRATA:
+            group = [r for r in of_modality if r["stratum"] == size]
+            if group:
+                summary.append({"modality": name, "stratum": size, "targets": len(group), **_means(group)})
     return summary
 
 
@@ -76,6 +101,15 @@ def write_summary(path: Path, summary: list[dict]) -> None:
         writer = csv.DictWriter(f, fieldnames=list(summary[0]))
         writer.writeheader()
         writer.writerows(summary)
+
+
+def format_strata(summary: list[dict]) -> str:
+    """A fixed-width table for the terminal: one line per modality and size stratum, budget rule applied."""
+    lines = [f"{'modality':<11}{'stratum':<8}{'targets':>8}{'DSC_AUC':>9}{'NSD_AUC':>9}{'DSC_Fin':>9}{'NSD_Fin':>9}"]
+    for e in summary:
+        lines.append(f"{e['modality']:<11}{e['stratum']:<8}{e['targets']:>8}{e['scored_DSC_AUC']:>9.3f}"
+                     f"{e['scored_NSD_AUC']:>9.3f}{e['scored_DSC_Final']:>9.3f}{e['scored_NSD_Final']:>9.3f}")
+    return "\n".join(lines)
 
 
 def format_summary(summary: list[dict]) -> str:
