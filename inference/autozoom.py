@@ -1,9 +1,10 @@
-"""AutoZoom, for both pipelines: while the answer changes on the faces of the patch, the object goes
-on beyond it, so look again 1.5x wider (up to the model's max zoom, within the class's effort).
+"""AutoZoom, for both pipelines: while the object goes on beyond the patch, look again 1.5x wider (up to
+the model's max zoom, within the class's effort).
 
-nnInteractive's session decides "changed" with absolute voxel counts on a 192^2 face (`SESSION_BORDER`);
-the segfm pipeline scales the same counts to its own patch face and compares the change with the
-previous mask instead (`SEGFM_BORDER`).
+Each pipeline says when the object goes on. nnInteractive's session: the answer changed on a face of the
+patch, with absolute voxel counts on a 192^2 face (`SESSION_BORDER`); the segfm pipeline scales the same
+counts to its own patch face and compares the change with the previous mask instead (`SEGFM_BORDER`), and
+without a box also reads the network's uncertain answer on the faces (segfm/scale_search.py).
 """
 from __future__ import annotations
 
@@ -49,6 +50,10 @@ class BorderRule:
                     return True
         return False
 
+    def goes_on(self, look: "Look") -> bool:
+        """The border rule on one look: its foreground against the previous mask."""
+        return self.changed(look.foreground, look.previous)
+
     def _relative_change_above(self, changed: int, old: torch.Tensor, new: torch.Tensor) -> bool:
         if self.relative_to_previous:
             return changed > self.relative * int(old.sum())
@@ -81,21 +86,22 @@ class Look(Generic[V, A]):
 
 @dataclass
 class Zoomed(Generic[V, A]):
+    first: Look[V, A]
     last: Look[V, A]
     passes: int
     pass_seconds: float  # what the first pass took: the price of each further one
 
 
-def auto_zoom(view: V, look: Callable[[V], Look[V, A]], widen: Callable[[V], V], rule: BorderRule,
+def auto_zoom(view: V, look: Callable[[V], Look[V, A]], widen: Callable[[V], V], goes_on: Callable[[Look[V, A]], bool],
               max_zoom: float, effort: Effort, zoom: bool = True) -> Zoomed[V, A]:
-    """Look at `view`, then (when `zoom`) at ever wider views while `rule` sees the answer change on the border,
+    """Look at `view`, then (when `zoom`) at ever wider views while `goes_on` sees the object go on past the patch,
     the zoom stays under `max_zoom`, passes remain and another pass still ends before `effort.stop_zooming_at`."""
     t0 = time.monotonic()
-    last = look(view)
+    first = last = look(view)
     passes, pass_seconds = 1, time.monotonic() - t0
     while (zoom and last.view.zoom < max_zoom and passes < effort.max_passes
            and time.monotonic() + pass_seconds < effort.stop_zooming_at
-           and rule.changed(last.foreground, last.previous)):
+           and goes_on(last)):
         last = look(widen(last.view))
         passes += 1
-    return Zoomed(last, passes, pass_seconds)
+    return Zoomed(first, last, passes, pass_seconds)

@@ -1,7 +1,8 @@
 """A model's logit offsets, chosen on tuning cases (never the validation ones) and written into its model.json.
 
     .venv/bin/python -m training.calibrate cases OUT_CASES [--large]        # the validation recipe, another seed, no MNI152
-    .venv/bin/python -m training.calibrate run OUT_CASES MODEL_DIR [--box 0 0.5 1 1.5] [--zoomed-box 0 1] [--clicks 0 -0.5 -1] [--first-click 0 -1] [--write]
+    .venv/bin/python -m training.calibrate run OUT_CASES MODEL_DIR [--box 0 0.5 1 1.5] [--zoomed-box 0 1] [--clicks 0 -0.5 -1] [--first-click 0 -1]
+                                               [--zoomed-click 1 2 3] [--write]
 
 `run` replays the official protocol in this process (the container's `predict.run`, no time
 budget) for every offset of each prompt setting, and scores an offset by the mean of DSC_AUC and
@@ -93,6 +94,8 @@ def main(argv: list[str] | None = None) -> None:
     r.add_argument("--clicks", nargs="*", type=float, default=[0.0, -0.5, -1.0], help="offsets tried without")
     r.add_argument("--first_click", "--first-click", nargs="*", type=float, default=[0.0, -1.0],
                    help="offsets tried for the lone first click without a box")
+    r.add_argument("--zoomed_click", "--zoomed-click", nargs="*", type=float, default=[],
+                   help="offsets tried for a click answer on a view the scale search widened (none by default)")
     r.add_argument("--write", action="store_true", help="write the best offsets into MODEL/model.json")
     args = parser.parse_args(argv)
     if args.command == "cases":

@@ -43,7 +43,7 @@ def segment_class(model: Model, prepared: PreparedCase, prompt: ClassPrompt, eff
         logit = model.foreground_logit(x)
         return Look(view, logit, logit > 0, prev)
 
-    zoomed = auto_zoom(stamps.view, predict, lambda view: view.zoomed_out(spec.max_zoom), SESSION_BORDER,
+    zoomed = auto_zoom(stamps.view, predict, lambda view: view.zoomed_out(spec.max_zoom), SESSION_BORDER.goes_on,
                        spec.max_zoom, effort)
     view, logit, passes = zoomed.last.view, zoomed.last.answer, zoomed.passes
     source = "box" if prompt.box is not None and not stamps.clicks else "click"

@@ -1,5 +1,6 @@
 """One class of one case, our way: the field of view around all its prompts, the network, AutoZoom
-without a box, then tiles or boundary refinement for an answer seen zoomed out."""
+without a box (the border rule, and the scale search), then tiles or boundary refinement for an answer
+seen zoomed out."""
 from __future__ import annotations
 
 import torch
@@ -8,7 +9,8 @@ from ..autozoom import SEGFM_BORDER, ZOOM_OUT_STEP, Look, auto_zoom
 from ..case_io import ClassPrompt
 from ..class_task import ClassOutcome, Effort, PreparedCase, keep_previous
 from ..field_of_view import FieldOfView, fit
-from ..fusion import PatchProbability, PatchWithinMask
+from ..geometry import points_region
+from ..fusion import PatchOverMask, PatchProbability, PatchWithinMask
 from ..model import Model
 from .boundary import refine_boundary
 from .inputs import network_input, prompt_region
@@ -17,13 +19,19 @@ from .tiles import predict_in_tiles
 
 def segment_class(model: Model, prepared: PreparedCase, prompt: ClassPrompt, effort: Effort) -> ClassOutcome:
     """Probability for one class on the field of view of everything the user gave for it."""
+    spec = model.spec
+    settings = spec.settings
+    has_box, rounds = prompt.box is not None, len(prompt.order)
+    if settings.local_negative_click and not has_box and prompt.order[-1:] == ("bg",) \
+            and prompt.label in prepared.prev_regions:
+        return remove_around_click(model, prepared, prompt, effort)
     region = prompt_region(prepared, prompt)
     if region is None:
         return ClassOutcome(None, "no prompt: empty")
-    spec = model.spec
-    settings = spec.settings
-    fov = fit(region, effort.patch)
-    offset = settings.offset(prompt.box is not None, len(prompt.order), zoomed=fov.zoom > 1)
+    first = fit(region, effort.patch)
+    offset = settings.offset(has_box, rounds, zoomed=has_box and first.zoom > 1)
+    search = settings.scale_search if not has_box and settings.scale_search is not None \
+        and settings.scale_search.applies(rounds) else None
 
     def look(view: FieldOfView) -> Look:
         x = network_input(model, prepared, prompt, view)
@@ -32,31 +40,59 @@ def segment_class(model: Model, prepared: PreparedCase, prompt: ClassPrompt, eff
             else torch.zeros_like(probs, dtype=torch.bool)
         return Look(view, probs, probs > 0.5, previous)
 
+    def goes_on(seen: Look) -> bool:
+        return SEGFM_BORDER.goes_on(seen) or (search is not None and search.goes_on(seen.answer, offset))
+
     # without a box the extent is unknown: zoom out while the object runs off the patch
-    zoomed = auto_zoom(fov, look, lambda view: view.zoomed_out(ZOOM_OUT_STEP, spec.max_zoom), SEGFM_BORDER,
-                       spec.max_zoom, effort, zoom=prompt.box is None)
-    fov, passes = zoomed.last.view, zoomed.passes
-    source = "box" if prompt.box is not None else "clicks"
-    how = (f"{source}, {len(prompt.order)} rounds, patch {effort.patch}, zoom {fov.zoom:.2f}, "
-           f"{passes} pass{'es' * (passes > 1)}")
+    zoomed = auto_zoom(first, look, lambda view: view.zoomed_out(ZOOM_OUT_STEP, spec.max_zoom), goes_on,
+                       spec.max_zoom, effort, zoom=not has_box)
+    fov, probs, passes = zoomed.last.view, zoomed.last.answer, zoomed.passes
+    how = f"{'box' if has_box else 'clicks'}, {rounds} rounds, patch {effort.patch}"
+    if search is not None and fov.zoom > first.zoom:
+        wide = moved(probs, settings.offset(has_box, rounds, zoomed=True) - offset)
+        if len(prompt.fg) == 0 or search.holds_click(wide > 0.5, fov.to_patch(prompt.fg[-1:])[0]):
+            probs, how = wide, how + ", scale search widened"
+        else:  # the wider answer spread past the object: the view the prompts asked for stands
+            fov, probs, how = first, zoomed.first.answer, how + f", scale search kept zoom {first.zoom:.2f} (click off centre)"
+    how += f", zoom {fov.zoom:.2f}, {passes} pass{'es' * (passes > 1)}"
     # the organisers' box spans exactly the object's slices: nothing of it lies outside them
-    z_range = (prompt.box.lo[0], prompt.box.hi[0]) if prompt.box is not None else None
-    answer = PatchProbability.from_network(prompt.label, fov, zoomed.last.answer, z_range)
+    z_range = (prompt.box.lo[0], prompt.box.hi[0]) if has_box else None
+    answer = PatchProbability.from_network(prompt.label, fov, probs, z_range)
     tiled = None
-    if settings.full_resolution_tiles and prompt.box is not None and fov.zoom > 1 and effort.max_passes > 1:
+    if settings.full_resolution_tiles and has_box and fov.zoom > 1 and effort.max_passes > 1:
         tiled = predict_in_tiles(model, prepared, prompt, answer, offset, effort.stop_zooming_at, zoomed.pass_seconds)
     if tiled is not None:
         answer, count = tiled
         how += f", {count} full-resolution tile{'s' * (count > 1)}"
         passes += count
     elif settings.boundary is not None and effort.refine_boundary:
-        refined = refine_boundary(answer, prepared.case.image, settings.boundary, with_box=prompt.box is not None)
+        refined = refine_boundary(answer, prepared.case.image, settings.boundary, with_box=has_box)
         how += ", boundary refined" if refined is not answer else ""
         answer = refined
     if removes_only(prepared, prompt):
         return ClassOutcome(PatchWithinMask(answer, keep_previous(prepared, prompt.label)),
                             how + ", within the previous mask", passes)
     return ClassOutcome(answer, how, passes)
+
+
+def remove_around_click(model: Model, prepared: PreparedCase, prompt: ClassPrompt, effort: Effort) -> ClassOutcome:
+    """A negative click without a box, answered as nnInteractive's session would: on the zoom-1 view around it,
+    pasted over the previous mask, which it may only shrink (`removes_only`).
+
+    Seen with the whole object at zoom 2, the click is a ball of 2 patch voxels beside a mask that fills much
+    of the patch, and the network answered the previous mask back: a leak into a neighbour stayed for all
+    the rounds left (tuning targets, docs/scale_search.md)."""
+    view = fit(points_region(prompt.bg[-1:]), effort.patch)
+    probs = model.probability(network_input(model, prepared, prompt, view), model.spec.settings.offset(False, len(prompt.order)))
+    previous = keep_previous(prepared, prompt.label)
+    answer = PatchOverMask(PatchProbability.from_network(prompt.label, view, probs), previous)
+    return ClassOutcome(PatchWithinMask(answer, previous), f"clicks, {len(prompt.order)} rounds, negative click: "
+                        f"patch {effort.patch} around it, zoom 1.00, 1 pass, within the previous mask", 1)
+
+
+def moved(probs: torch.Tensor, logits: float) -> torch.Tensor:
+    """Probabilities whose logit is moved by `logits` (another prompt setting's offset)."""
+    return probs if logits == 0 else torch.sigmoid(torch.logit(probs.double()) + logits).float()
 
 
 def removes_only(prepared: PreparedCase, prompt: ClassPrompt) -> bool:
