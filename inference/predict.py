@@ -28,9 +28,9 @@ from .budget import CallBudget, call_index, process_started, read_ledger, record
 from .case_io import Case, CaseError, read_case, write_segs
 from .class_task import Effort, PreparedCase, fallback, prepare
 from .fusion import ClassProbability, apply_clicks, fuse_classes
-from .model import Model, load_model
+from .model import Model
 from .openvino_forward import BACKENDS
-from .pipelines import segment_class
+from .pipelines import load_model, segment_class
 from .prompts import BOX_MODES
 
 DEFAULT_INPUTS = "/workspace/inputs"

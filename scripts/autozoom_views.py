@@ -20,7 +20,7 @@ from inference.case_io import Case, ClassPrompt
 from inference.class_task import prepare
 from inference.field_of_view import fit
 from inference.harness.simulated_user import simulate_click
-from inference.model import load_model
+from inference.pipelines import load_model
 from inference.segfm.inputs import network_input, prompt_region
 from training.samples import patch_target
 

@@ -18,7 +18,7 @@ import torch
 
 from inference.harness.metrics import auc
 from inference.harness.protocol import load_training_case, replay_case
-from inference.model import load_model
+from inference.pipelines import load_model
 from training.calibrate import InProcessPredictor
 
 
