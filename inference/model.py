@@ -43,6 +43,7 @@ class ModelSpec:
     pipeline: str = "segfm"
     settings: Any = None  # the pipeline's own keys, parsed by that pipeline (pipelines.py)
     autocast: str = "bfloat16"  # the CUDA autocast dtype (float16 where the GPU has no bfloat16)
+    license: str | None = None  # the weights' licence, when the folder says it
 
 
 def parse_spec(folder: str | os.PathLike, raw: dict, patch_size: int | None = None, box_mode: str | None = None,
@@ -84,6 +85,7 @@ def parse_spec(folder: str | os.PathLike, raw: dict, patch_size: int | None = No
         max_zoom=float(raw.get("max_zoom", 4.0)),
         pipeline=raw.get("pipeline", "segfm"),
         autocast=autocast,
+        license=str(raw["license"]) if raw.get("license") else None,
     )
 
 

@@ -40,7 +40,7 @@ def segment_class(model: Model, prepared: PreparedCase, prompt: ClassPrompt, eff
     how = (f"{source}, {len(prompt.order)} rounds, patch {effort.patch}, zoom {fov.zoom:.2f}, "
            f"{passes} pass{'es' * (passes > 1)}")
     # the organisers' box spans exactly the object's slices: nothing of it lies outside them
-    z_range = (prompt.box.lo[0], prompt.box.hi[0]) if prompt.box is not None else None
+    z_range = (prompt.box.lo[0], prompt.box.hi[0]) if prompt.box is not None and prompt.box.z_known else None
     answer = PatchProbability.from_network(prompt.label, fov, zoomed.last.answer, z_range)
     tiled = None
     if settings.full_resolution_tiles and prompt.box is not None and fov.zoom > 1 and effort.max_passes > 1:
