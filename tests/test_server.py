@@ -37,6 +37,7 @@ from inference.server.__main__ import refusal, parse_args
 from inference.server.app import ServerSettings, make_app
 from inference.server.inputs import prompt_box
 from nninteractive_fixtures import small_layout
+from scripts.try_server import wait_for
 
 REPO = Path(__file__).resolve().parent.parent
 DEMO = REPO / "demo" / "inputs"
@@ -476,13 +477,7 @@ def test_the_command_serves_the_default_model():
                               cwd=REPO, stderr=subprocess.PIPE, text=True)
     try:
         url = f"http://127.0.0.1:{port}"
-        for _ in range(600):
-            try:
-                if httpx.get(url + wire.HEALTHZ).status_code == 200:
-                    break
-            except httpx.TransportError:
-                assert server.poll() is None, server.stderr.read()
-                time.sleep(0.1)
+        assert wait_for(url, 120), server.stderr.read()
         image, truth, _ = demo("MR_demo_nobox.npz")
         with client(url, api_key="k") as session:
             assert session.channel_mapping["points"] == (1, 2)
