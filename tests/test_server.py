@@ -187,6 +187,8 @@ def test_predict_undo_reset_and_autozoom(model):
         session.set_target_buffer(buffer)
         session.add_bbox_interaction(box_of(truth), include_interaction=True)
         assert not session.undo() and buffer.any()
+        session.add_initial_seg_interaction(truth.astype(np.uint8))
+        assert not session.undo() and np.array_equal(buffer != 0, truth)
 
 
 def test_2d_boxes_lassos_and_an_initial_segmentation(model, tmp_path):

@@ -213,25 +213,29 @@ async def sweep_forever(leases: Leases) -> None:
 
 def change_response(change: Change) -> Response:
     """A prediction's (or undo's) answer: the changed block packed, its region in the metadata header."""
-    meta = {"ran_prediction": change.ran, "bbox": change.region}
+    block = change.block
+    meta = {"ran_prediction": change.ran, "bbox": block.region if block else None}
     body = b""
-    if change.region is not None:
-        meta |= {"dtype": change.block.dtype.name, "shape": list(change.block.shape)}
-        body = wire.pack(change.block)
+    if block is not None:
+        meta |= {"dtype": block.content.dtype.name, "shape": list(block.content.shape)}
+        body = wire.pack(block.content)
     return Response(body, media_type=wire.OCTET_STREAM, headers={wire.META_HEADER: json.dumps(meta)})
 
 
 def meta_of(request: Request) -> dict:
+    """The `X-Meta` header's JSON object ({} without one)."""
     raw = request.headers.get(wire.META_HEADER)
-    if raw is None:
-        return {}
+    return {} if raw is None else json_object(raw, wire.META_HEADER)
+
+
+def json_object(text: str | bytes, what: str) -> dict:
     try:
-        meta = json.loads(raw)
+        value = json.loads(text)
     except ValueError as exc:
-        raise ClientError(400, f"{wire.META_HEADER} is not JSON: {exc}") from None
-    if not isinstance(meta, dict):
-        raise ClientError(400, f"{wire.META_HEADER} must be a JSON object")
-    return meta
+        raise ClientError(400, f"{what} is not JSON: {exc}") from None
+    if not isinstance(value, dict):
+        raise ClientError(400, f"{what} must be a JSON object")
+    return value
 
 
 async def body_of(request: Request, limit: int) -> bytes:
@@ -251,14 +255,4 @@ async def body_of(request: Request, limit: int) -> bytes:
 async def json_of(request: Request) -> dict:
     """A JSON object body (an empty body counts as {})."""
     body = await body_of(request, JSON_BODY_BYTES)
-    if not body.strip():
-        return {}
-    try:
-        payload = json.loads(body)
-    except ValueError as exc:
-        raise ClientError(400, f"body is not JSON: {exc}") from None
-    if not isinstance(payload, dict):
-        raise ClientError(400, "body must be a JSON object")
-    return payload
-
-
+    return json_object(body, "body") if body.strip() else {}

@@ -10,7 +10,7 @@ import numbers
 
 import numpy as np
 
-from ..case_io import Box
+from ..case_io import Box, one_line
 from ..geometry import Region, clip, nonzero_block
 from .wire import ClientError
 
@@ -26,19 +26,19 @@ def flag(payload: dict, key: str, default: bool | None = None) -> bool:
         return default
     value = payload[key]
     if not isinstance(value, bool):
-        raise ClientError(400, f"{key} must be true or false, got {_short(value)}")
+        raise ClientError(400, f"{key} must be true or false, got {shown(value)}")
     return value
 
 
 def number(value, what: str) -> float:
     if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(value):
-        raise ClientError(400, f"{what} must be a finite number, got {_short(value)}")
+        raise ClientError(400, f"{what} must be a finite number, got {shown(value)}")
     return float(value)
 
 
 def numbers_of(value, length: int, what: str) -> list[float]:
     if not isinstance(value, (list, tuple)) or len(value) != length:
-        raise ClientError(400, f"{what} must be a list of {length} numbers, got {_short(value)}")
+        raise ClientError(400, f"{what} must be a list of {length} numbers, got {shown(value)}")
     return [number(v, what) for v in value]
 
 
@@ -59,7 +59,7 @@ def spacing_of(properties, shape: tuple[int, ...]) -> tuple[float, float, float]
     if properties is None:
         return (1.0, 1.0, 1.0)
     if not isinstance(properties, dict):
-        raise ClientError(400, f"image_properties must be an object, got {_short(properties)}")
+        raise ClientError(400, f"image_properties must be an object, got {shown(properties)}")
     if properties.get("spacing") is None:
         return (1.0, 1.0, 1.0)
     spacing = numbers_of(properties["spacing"], len(shape), "image_properties.spacing")
@@ -71,7 +71,7 @@ def spacing_of(properties, shape: tuple[int, ...]) -> tuple[float, float, float]
 def box_region(coords, shape: tuple[int, int, int]) -> Region:
     """A client's box ([[lo, hi] per axis], half-open, rounded as the session rounds) cut to the image."""
     if not isinstance(coords, (list, tuple)) or len(coords) != 3:
-        raise ClientError(400, f"bbox_coords must be 3 [start, end] pairs, got {_short(coords)}")
+        raise ClientError(400, f"bbox_coords must be 3 [start, end] pairs, got {shown(coords)}")
     region = [[round(v) for v in numbers_of(pair, 2, "bbox_coords")] for pair in coords]
     if any(hi <= lo for lo, hi in region):
         raise ClientError(400, f"bbox_coords {region}: every axis needs end > start")
@@ -112,7 +112,7 @@ def placed_mask(mask: np.ndarray, where, shape: tuple[int, int, int], what: str)
     if where is None:
         where = [[0, n] for n in shape]
     if not isinstance(where, (list, tuple)) or len(where) != 3:
-        raise ClientError(400, f"interaction_bbox must be 3 [start, end] pairs, got {_short(where)}")
+        raise ClientError(400, f"interaction_bbox must be 3 [start, end] pairs, got {shown(where)}")
     region = [[round(v) for v in numbers_of(pair, 2, "interaction_bbox")] for pair in where]
     if clip(region, shape) != region:
         raise ClientError(400, f"interaction_bbox {region} exceeds the image of shape {list(shape)}")
@@ -129,6 +129,6 @@ def mask_region(mask: np.ndarray, start: tuple[int, ...], what: str) -> Region:
     return [[s.start + o, s.stop + o] for s, o in zip(block, start)]
 
 
-def _short(value) -> str:
-    text = repr(value)
-    return text if len(text) <= 60 else text[:57] + "..."
+def shown(value) -> str:
+    """A value quoted in a message: its repr, on one line, cut short."""
+    return one_line(repr(value), limit=60)

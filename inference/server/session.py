@@ -35,22 +35,28 @@ class Rules:
 
 
 @dataclass(frozen=True)
+class Block:
+    """A block of the mask: where it lies and what it holds."""
+
+    region: Region
+    content: np.ndarray
+
+
+@dataclass(frozen=True)
 class Change:
-    """What a call did to the mask: whether a prediction (or undo) ran, the changed block and its new content."""
+    """What a call did to the mask: whether a prediction (or undo) ran, and the block that changed, as it is now."""
 
     ran: bool
-    region: Region | None = None
-    block: np.ndarray | None = None
+    block: Block | None = None
 
 
 @dataclass
 class Step:
-    """What undo restores: the prompt before the last interaction and the mask's block it overwrote."""
+    """What undo restores: the prompt before the last interaction and the block of the mask it overwrote."""
 
     prompt: ClassPrompt
     pending: bool
-    region: Region | None = None
-    block: np.ndarray | None = None
+    overwritten: Block | None = None
 
 
 @dataclass
@@ -94,14 +100,14 @@ class Session:
         shape = payload.get("shape")
         if not isinstance(shape, list) or len(shape) != 3 or not all(
                 isinstance(n, int) and not isinstance(n, bool) for n in shape):
-            raise ClientError(400, f"shape must be a list of 3 integers, got {inputs._short(shape)}")
+            raise ClientError(400, f"shape must be a list of 3 integers, got {inputs.shown(shape)}")
         dtype = payload.get("dtype")
         try:
             kind = np.dtype(dtype).kind if isinstance(dtype, str) else None
         except (TypeError, ValueError):
             kind = None
         if kind not in ("b", "i", "u"):
-            raise ClientError(400, f"dtype must name a bool or integer type, got {inputs._short(dtype)}")
+            raise ClientError(400, f"dtype must name a bool or integer type, got {inputs.shown(dtype)}")
         if tuple(shape) != self.shape:
             raise ClientError(400, f"target buffer shape {shape} differs from the image's {list(self.shape)}")
         self.mask[...] = 0
@@ -149,7 +155,8 @@ class Session:
         run = inputs.flag(meta, "run_prediction", False)
         inside, _ = inputs.placed_mask(seg, None, self.shape, "initial segmentation")
         self._remember(self.prompt, self.pending)
-        self.last.region, self.last.block = [[0, n] for n in self.shape], self.mask.copy()
+        if self.last is not None:
+            self.last.overwritten = Block([[0, n] for n in self.shape], self.mask.copy())
         self.mask[...] = inside
         self.prompt, self.pending = ClassPrompt(LABEL), run
         return self._answer(replace_last=False) if run else Change(False)
@@ -181,10 +188,11 @@ class Session:
         if step is None:
             return Change(False)
         self.prompt, self.pending = step.prompt, step.pending
-        if step.region is None:
+        if step.overwritten is None:
             return Change(True)
-        self.mask[slices(step.region)] = step.block
-        return Change(True, step.region, self.mask[slices(step.region)].copy())
+        region = step.overwritten.region
+        self.mask[slices(region)] = step.overwritten.content
+        return Change(True, Block(region, self.mask[slices(region)].copy()))
 
     def _answer(self, replace_last: bool = True) -> Change:
         """Run the pipeline on the worker; the block that changed goes into the mask (its old content into undo)."""
@@ -197,6 +205,6 @@ class Session:
             return Change(True)
         region = [[s.start, s.stop] for s in block]
         if self.last is not None and replace_last:
-            self.last.region, self.last.block = region, self.mask[block].copy()
+            self.last.overwritten = Block(region, self.mask[block].copy())
         self.mask[block] = new[block]
-        return Change(True, region, self.mask[block].copy())
+        return Change(True, Block(region, self.mask[block].copy()))
