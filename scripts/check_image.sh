@@ -124,28 +124,33 @@ build_s=$(seconds "$t0" "$(now)")
 echo "built in $build_s s (log: $work/build.log)"
 
 echo "image's Python: $($engine run --rm "$image" python3 --version)"
-size=$($engine image inspect "$image" --format '{{.Size}}')
 site=/opt/venv/lib/python3.11/site-packages
-holds=$($engine run --rm "$image" /bin/bash -c "cd $site && du -sb torch nvidia openvino numpy numpy.libs scipy scipy.libs \
-    sympy networkx cuda /opt/venv /workspace 2>/dev/null")
-say "image size: $(awk -v s="$size" 'BEGIN { printf "%.2f GB", s / 1e9 }') uncompressed (target <= 4.0 GB)"
-# du counts a file once per call: /opt/venv's line is what the paths before it left over
-echo "$holds" | awk -v total="$size" '
-    { mb[$2] = $1 / 1e6 }
-    END {
-        np = mb["numpy"] + mb["numpy.libs"] + mb["scipy"] + mb["scipy.libs"]
-        printf "  %-46s %8.0f MB\n", "torch (without CUDA libraries)", mb["torch"]
-        printf "  %-46s %8.0f MB\n", "CUDA libraries (nvidia-*-cu12)", mb["nvidia"]
-        printf "  %-46s %8.0f MB\n", "cuda-bindings (torch 2.10 dependency)", mb["cuda"]
-        printf "  %-46s %8.0f MB\n", "OpenVINO", mb["openvino"]
-        printf "  %-46s %8.0f MB\n", "numpy + scipy", np
-        printf "  %-46s %8.0f MB\n", "sympy + networkx (torch dependencies)", mb["sympy"] + mb["networkx"]
-        printf "  %-46s %8.0f MB\n", "rest of the venv (Python, small packages)", mb["/opt/venv"]
-        printf "  %-46s %8.0f MB\n", "ours: code, weights, OpenVINO IR and cache", mb["/workspace"]
-        venv = mb["torch"] + mb["nvidia"] + mb["cuda"] + mb["openvino"] + np + mb["sympy"] + mb["networkx"] + mb["/opt/venv"]
-        printf "  %-46s %8.0f MB\n", "base image (Debian + CPython)", total / 1e6 - venv - mb["/workspace"]
-    }'
-awk -v s="$size" 'BEGIN { exit !(s > 4.0e9) }' && echo "WARNING: over the 4.0 GB target" >&2
+report_size() {  # report_size IMAGE TARGET_GB: the image's size and its parts, a warning over the target
+    local size
+    size=$($engine image inspect "$1" --format '{{.Size}}')
+    say "$1: $(awk -v s="$size" 'BEGIN { printf "%.2f GB", s / 1e9 }') uncompressed (target <= $2 GB)"
+    # du counts a file once per call: /opt/venv's line is what the paths before it left over
+    $engine run --rm "$1" /bin/bash -c "cd $site && du -sb torch nvidia openvino numpy numpy.libs scipy scipy.libs \
+        sympy networkx cuda /opt/venv /workspace 2>/dev/null || true" | awk -v total="$size" '
+        { mb[$2] = $1 / 1e6 }
+        function row(name, value) { printf "  %-46s %8.0f MB\n", name, value }
+        END {
+            np = mb["numpy"] + mb["numpy.libs"] + mb["scipy"] + mb["scipy.libs"]
+            row(mb["nvidia"] > 0 ? "torch (without CUDA libraries)" : "torch (CPU build)", mb["torch"])
+            if (mb["nvidia"] > 0) row("CUDA libraries (nvidia-*-cu12)", mb["nvidia"])
+            if (mb["cuda"] > 0) row("cuda-bindings (torch 2.10 dependency)", mb["cuda"])
+            row("OpenVINO", mb["openvino"])
+            row("numpy + scipy", np)
+            row("sympy + networkx (torch dependencies)", mb["sympy"] + mb["networkx"])
+            row("rest of the venv (Python, small packages)", mb["/opt/venv"])
+            row("ours: code, weights, OpenVINO IR and cache", mb["/workspace"])
+            venv = mb["torch"] + mb["nvidia"] + mb["cuda"] + mb["openvino"] + np + mb["sympy"] + mb["networkx"] + mb["/opt/venv"]
+            row("base image (Debian + CPython)", total / 1e6 - venv - mb["/workspace"])
+        }'
+    awk -v s="$size" -v t="$2" 'BEGIN { exit !(s > t * 1e9) }' && echo "WARNING: over the $2 GB target" >&2
+    echo "$size" > "$work/size-${1##*:}"
+}
+report_size "$image" 4.0
 
 # --- 4. per-call start cost --------------------------------------------------------------------------
 empty="$work/start/inputs"
@@ -228,23 +233,7 @@ $engine build "${cpu_args[@]}" --build-arg "VERSION=$version" -t "$cpu_image" . 
     || { tail -n 30 "$work/build-cpu.log" >&2; exit 1; }
 cpu_build_s=$(seconds "$t0" "$(now)")
 echo "built in $cpu_build_s s (log: $work/build-cpu.log)"
-cpu_size=$($engine image inspect "$cpu_image" --format '{{.Size}}')
-say "CPU image size: $(awk -v s="$cpu_size" 'BEGIN { printf "%.2f GB", s / 1e9 }') uncompressed (target <= 1.5 GB)"
-$engine run --rm "$cpu_image" /bin/bash -c "cd $site && du -sb torch openvino numpy numpy.libs scipy scipy.libs sympy networkx \
-    /opt/venv /workspace 2>/dev/null" | awk -v total="$cpu_size" '
-    { mb[$2] = $1 / 1e6 }
-    END {
-        np = mb["numpy"] + mb["numpy.libs"] + mb["scipy"] + mb["scipy.libs"]
-        printf "  %-46s %8.0f MB\n", "torch (CPU build)", mb["torch"]
-        printf "  %-46s %8.0f MB\n", "OpenVINO", mb["openvino"]
-        printf "  %-46s %8.0f MB\n", "numpy + scipy", np
-        printf "  %-46s %8.0f MB\n", "sympy + networkx (torch dependencies)", mb["sympy"] + mb["networkx"]
-        printf "  %-46s %8.0f MB\n", "rest of the venv (Python, small packages)", mb["/opt/venv"]
-        printf "  %-46s %8.0f MB\n", "ours: code, weights, OpenVINO IR and cache", mb["/workspace"]
-        venv = mb["torch"] + mb["openvino"] + np + mb["sympy"] + mb["networkx"] + mb["/opt/venv"]
-        printf "  %-46s %8.0f MB\n", "base image (Debian + CPython)", total / 1e6 - venv - mb["/workspace"]
-    }'
-awk -v s="$cpu_size" 'BEGIN { exit !(s > 1.5e9) }' && echo "WARNING: over the 1.5 GB target" >&2
+report_size "$cpu_image" 1.5
 $engine run --rm "$cpu_image" python -c "import pathlib, site, sys, torch
 cuda = sorted(p.name for p in pathlib.Path(site.getsitepackages()[0]).glob('nvidia*'))
 print(f'torch {torch.__version__}, CUDA build: {torch.version.cuda}, CUDA packages: {cuda or None}')
@@ -346,4 +335,5 @@ EOF
 fi
 
 say "image check passed in $(( $(date +%s) - started )) s (builds: $build_s s, CPU image $cpu_build_s s)"
-echo "sizes: $image $(awk -v s="$size" 'BEGIN { printf "%.2f GB", s / 1e9 }'), $cpu_image $(awk -v s="$cpu_size" 'BEGIN { printf "%.2f GB", s / 1e9 }') uncompressed"
+echo "sizes: $image $(awk '{ printf "%.2f GB", $1 / 1e9 }' "$work/size-latest"), $cpu_image" \
+    "$(awk '{ printf "%.2f GB", $1 / 1e9 }' "$work/size-cpu") uncompressed"
