@@ -53,7 +53,7 @@ class ServerSettings:
 def make_app(model: Model, settings: ServerSettings, trained_box: str) -> Starlette:
     """The app for one loaded model; `trained_box` is the box encoding its weights were trained with."""
     worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="segfm-inference")
-    rules = Rules(settings.max_image_voxels, settings.autozoom, settings.undo, extend_2d_boxes=trained_box == "slab")
+    rules = Rules(settings.autozoom, settings.undo, extend_2d_boxes=trained_box == "slab")
     leases = Leases(lambda: Session(model, rules, lambda work: worker.submit(work).result()),
                     settings.max_sessions, settings.idle_timeout, settings.liveness_timeout)
     answers = capabilities(model.spec, trained_box, settings.autozoom, settings.undo)

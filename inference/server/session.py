@@ -28,7 +28,6 @@ LABEL = 1  # the object's label in the pipelines' terms
 class Rules:
     """What the server decided for every session."""
 
-    max_image_voxels: int
     autozoom: bool = True
     undo: bool = True
     extend_2d_boxes: bool = True  # the model was trained on 3D boxes: a 2D box is made 3D (inputs.prompt_box)
