@@ -55,6 +55,9 @@ class Box:
     lo: tuple[int, int, int]
     hi: tuple[int, int, int]
     z_mid: int
+    # the organisers' z_min..z_max spans exactly the object's slices; False where that range is a guess
+    # (a viewer's 2D box drawn on one slice), so that the object may reach beyond it
+    z_known: bool = True
 
 
 @dataclass

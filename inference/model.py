@@ -3,8 +3,9 @@ patch size, output head) beside the weights. One loader for our weights and nnU-
 
 `architecture` uses the schema of an nnU-Net plans configuration's "architecture" block,
 or `plans` points at an nnU-Net `plans.json` and a configuration in it; either way the
-network is built by nnunetv2's `get_network_from_plans`. A folder without `model.json` in the
-layout of the public nnInteractive weights gets its spec from `nninteractive/layout.py`.
+network is built by nnunetv2's `get_network_from_plans`. This module knows the keys every
+pipeline shares and no pipeline: `pipelines.py` reads a folder (its `model.json`, or a layout
+a pipeline recognises) and has the folder's pipeline parse its own keys into `ModelSpec.settings`.
 """
 from __future__ import annotations
 
@@ -12,24 +13,19 @@ import json
 import math
 import os
 import sys
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 
 from .device import pick_device
-from .nninteractive import layout as nninteractive_layout
-from .nninteractive.layout import SessionSettings
 from .normalisation import METHODS
 from .openvino_forward import BACKENDS, Forward, compile_forward, current_ir
 from .prompts import LOGICAL_CHANNELS, PromptEncoding
-from .segfm.settings import SegFMSettings
 
 SPEC_FILE = "model.json"
 OUTPUT_HEADS = {"sigmoid": 1, "softmax2": 2}
-# each pipeline's own settings in a spec; "segfm": our field of view and prompt drawing (segfm/), "nninteractive":
-# the reference session's (nninteractive/). inference/pipelines.py holds what runs each.
-PIPELINE_SETTINGS = {"segfm": SegFMSettings, "nninteractive": SessionSettings}
 AUTOCAST_DTYPES = ("bfloat16", "float16")
 
 
@@ -45,25 +41,17 @@ class ModelSpec:
     weights: str
     max_zoom: float = 4.0
     pipeline: str = "segfm"
-    settings: SegFMSettings | SessionSettings = field(default_factory=SegFMSettings)  # the pipeline's own
+    settings: Any = None  # the pipeline's own keys, parsed by that pipeline (pipelines.py)
     autocast: str = "bfloat16"  # the CUDA autocast dtype (float16 where the GPU has no bfloat16)
+    license: str | None = None  # the weights' licence, when the folder says it
 
 
-def raw_spec(folder: Path) -> dict:
-    """`model.json`, or what an nnInteractive-layout folder stands for."""
-    if (folder / SPEC_FILE).is_file():
-        return json.loads((folder / SPEC_FILE).read_text())
-    if nninteractive_layout.is_layout(folder):
-        return nninteractive_layout.derive_spec(folder)
-    raise FileNotFoundError(f"{folder}: no {SPEC_FILE}, and not an nnInteractive folder "
-                            f"({nninteractive_layout.SESSION_FILE}, {nninteractive_layout.PLANS_FILE}, "
-                            f"one fold_*/{nninteractive_layout.CHECKPOINT_NAME})")
-
-
-def read_spec(folder: str | os.PathLike, patch_size: int | None = None, box_mode: str | None = None) -> ModelSpec:
-    """Parse and check a model folder's spec; `patch_size` and `box_mode` override it. Raises ValueError naming the bad field."""
+def parse_spec(folder: str | os.PathLike, raw: dict, patch_size: int | None = None, box_mode: str | None = None,
+               autocast: str = "bfloat16") -> ModelSpec:
+    """Check the keys every pipeline shares; `patch_size` and `box_mode` override the spec's, `autocast` is the
+    default when it names none. `settings` stays None: the pipeline parses its own. ValueError names a bad field."""
     folder = Path(folder)
-    raw = raw_spec(folder)
+    raw = dict(raw)
     if patch_size is not None:
         raw["patch_size"] = patch_size
     if box_mode is not None:
@@ -82,11 +70,7 @@ def read_spec(folder: str | os.PathLike, patch_size: int | None = None, box_mode
         raise ValueError(f"{SPEC_FILE}: output must be one of {tuple(OUTPUT_HEADS)}, got {raw.get('output')!r}")
     if raw.get("normalisation") not in METHODS:
         raise ValueError(f"{SPEC_FILE}: normalisation must be one of {METHODS}, got {raw.get('normalisation')!r}")
-    pipeline = raw.get("pipeline", "segfm")
-    if pipeline not in PIPELINE_SETTINGS:
-        raise ValueError(f"{SPEC_FILE}: pipeline must be one of {tuple(PIPELINE_SETTINGS)}, got {pipeline!r}")
-    settings = PIPELINE_SETTINGS[pipeline].from_spec(raw, SPEC_FILE)
-    autocast = raw.get("autocast", settings.autocast)
+    autocast = raw.get("autocast", autocast)
     if autocast not in AUTOCAST_DTYPES:
         raise ValueError(f"{SPEC_FILE}: autocast must be one of {AUTOCAST_DTYPES}, got {autocast!r}")
     return ModelSpec(
@@ -99,9 +83,9 @@ def read_spec(folder: str | os.PathLike, patch_size: int | None = None, box_mode
         output=raw["output"],
         weights=raw["weights"],
         max_zoom=float(raw.get("max_zoom", 4.0)),
-        pipeline=pipeline,
-        settings=settings,
+        pipeline=raw.get("pipeline", "segfm"),
         autocast=autocast,
+        license=str(raw["license"]) if raw.get("license") else None,
     )
 
 
@@ -222,7 +206,7 @@ def create_random_model(folder: str | os.PathLike, spec: dict, seed: int = 0) ->
     folder.mkdir(parents=True, exist_ok=True)
     (folder / SPEC_FILE).write_text(json.dumps(spec, indent=2) + "\n")
     torch.manual_seed(seed)
-    network = build_network(read_spec(folder))
+    network = build_network(parse_spec(folder, spec))
     save_model(folder, spec, network)
     return network
 
@@ -259,16 +243,14 @@ def _cpu_forward(spec: ModelSpec, backend: str) -> Forward | None:
         return None
 
 
-def load_model(folder: str | os.PathLike, device: torch.device | None = None,
-               patch_size: int | None = None, box_mode: str | None = None, backend: str = "torch") -> Model:
-    """Build and load a model folder; `patch_size` / `box_mode` override its spec (e.g. a smaller patch on the CPU).
+def load_network(spec: ModelSpec, device: torch.device | None = None, backend: str = "torch") -> Model:
+    """Build and load the network a spec describes (`pipelines.load_model` reads the spec from a folder).
 
     `backend` runs the forward pass on the CPU: "torch"; "openvino" (the folder's IR, an error if it has
     none or it is stale); "auto" (OpenVINO when the IR is current and the package installed, else torch).
     """
     if backend not in BACKENDS:
         raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
-    spec = read_spec(folder, patch_size, box_mode)
     device = device or pick_device()
     cpu_forward = _cpu_forward(spec, backend) if device.type == "cpu" else None
     network = None

@@ -13,8 +13,8 @@ from pathlib import Path
 
 import torch
 
-from .model import load_model
 from .openvino_forward import IR_FILE, IR_FOLDER, SOURCE_FILE, weights_digest
+from .pipelines import load_model
 
 
 def export(network: torch.nn.Module, channels: int, patch: int, folder: Path, weights: Path) -> Path:

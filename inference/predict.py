@@ -25,13 +25,14 @@ import numpy as np
 import torch
 
 from .budget import CallBudget, call_index, process_started, read_ledger, record_call, share_seconds
-from .case_io import Case, CaseError, read_case, write_segs
-from .class_task import Effort, PreparedCase, fallback, prepare
+from .case_io import Case, CaseError, ClassPrompt, read_case, write_segs
+from .class_task import ClassOutcome, Effort, PreparedCase, fallback
 from .fusion import ClassProbability, apply_clicks, fuse_classes
-from .model import Model, load_model
+from .model import Model
 from .openvino_forward import BACKENDS
-from .pipelines import segment_class
+from .pipelines import load_model
 from .prompts import BOX_MODES
+from .segmenter import Segmenter
 
 DEFAULT_INPUTS = "/workspace/inputs"
 DEFAULT_OUTPUTS = "/workspace/outputs"
@@ -109,31 +110,33 @@ def choose_effort(model: Model, left: float, pass_seconds: float | None, has_box
     return None
 
 
-def segment_with_retries(model: Model, prepared: PreparedCase, prompt, effort: Effort):
+def segment_with_retries(segmenter: Segmenter, prompt: ClassPrompt, effort: Effort) -> ClassOutcome:
     """A CUDA out-of-memory error retries at a smaller patch, then on the CPU."""
+    model, name = segmenter.model, segmenter.prepared.case.name
     try:
-        return segment_class(model, prepared, prompt, effort)
+        return segmenter.segment(prompt, effort)
     except torch.OutOfMemoryError:
         if model.device.type == "cuda":
             torch.cuda.empty_cache()
         smaller = smaller_patch(model, effort.patch)
         if smaller is not None:
-            log(f"[{prepared.case.name}] out of memory at patch {effort.patch}: retrying at {smaller}")
+            log(f"[{name}] out of memory at patch {effort.patch}: retrying at {smaller}")
             try:
-                return segment_class(model, prepared, prompt, Effort.one_pass(smaller))
+                return segmenter.segment(prompt, Effort.one_pass(smaller))
             except torch.OutOfMemoryError:
                 pass
         if model.device.type != "cpu":
-            log(f"[{prepared.case.name}] out of memory again: moving the model to the CPU")
+            log(f"[{name}] out of memory again: moving the model to the CPU")
             model.to_cpu()
-            return segment_class(model, prepared, prompt, Effort.one_pass(smaller or effort.patch))
+            return segmenter.segment(prompt, Effort.one_pass(smaller or effort.patch))
         raise
 
 
 def predict_case(model: Model, case: Case, budget: CallBudget | None = None, run: CaseRun | None = None) -> np.ndarray:
     """The label map for one case; classes degrade as the deadline nears and fall back if they fail."""
     run = run or CaseRun(case, Path(os.devnull))
-    prepared = run.prepared = prepare(case, model)
+    segmenter = Segmenter(model)
+    prepared = run.prepared = segmenter.set_case(case)
     reserve = finishing_seconds(case)
     pass_seconds = None
     for i, prompt in enumerate(case.prompts):
@@ -146,7 +149,7 @@ def predict_case(model: Model, case: Case, budget: CallBudget | None = None, run
             how = f"budget: {left:.1f} s left, kept {'previous/box' if probability else 'nothing'}"
         else:
             try:
-                outcome = segment_with_retries(model, prepared, prompt, effort)
+                outcome = segment_with_retries(segmenter, prompt, effort)
                 probability, how = outcome.probability, outcome.how
                 if outcome.passes:
                     pass_seconds = (time.monotonic() - t0) / outcome.passes * (model.spec.patch_size / effort.patch) ** 3

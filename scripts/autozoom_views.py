@@ -26,8 +26,7 @@ from inference.field_of_view import fit, upsample_region
 from inference.fusion import fuse_classes
 from inference.geometry import slices
 from inference.harness.simulated_user import simulate_click
-from inference.model import load_model
-from inference.pipelines import segment_class
+from inference.pipelines import load_model, segment_class
 from inference.segfm.inputs import network_input, prompt_region
 from inference.segfm.scale_search import ScaleSearch, click_depth, face_cover
 from training.samples import patch_target

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import torch
 
-from inference.model import load_model
+from inference.pipelines import load_model
 from training.label_maps import LabelSources
 from training.samples import Recipe, draw_samples
 

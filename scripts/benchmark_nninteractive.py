@@ -17,8 +17,8 @@ import numpy as np
 import torch
 
 from inference.case_io import Case, ClassPrompt
-from inference.model import load_model
 from inference.class_task import Effort, prepare
+from inference.pipelines import load_model
 from inference.pipelines import segment_class
 
 

@@ -63,7 +63,7 @@ def worker(mode: str, data: Path, samples: int, network: bool) -> None:
     import torch
 
     from inference.geometry import slices
-    from inference.model import load_model
+    from inference.pipelines import load_model
     from inference.normalisation import intensity_stats
     from training.label_maps import LabelSources
     from training.real_cases import RealCase, label_extents, load_real_cases, read_training_npz

@@ -50,6 +50,7 @@ STAGE_ORDER = ("process start/exit", "imports", "model load", "npz read", "prepr
 STAGE_FUNCTIONS = (
     ("inference.predict", "load_model", "model load"),
     ("inference.predict", "read_case", "npz read"),
+    ("inference.segmenter", "prepare", "preprocessing"),
     ("inference.predict", "prepare", "preprocessing"),
     ("inference.segfm.segment", "network_input", "preprocessing"),
     ("inference.segfm.tiles", "network_input", "preprocessing"),

@@ -28,8 +28,8 @@ import torch
 from inference.case_io import Box, Case, ClassPrompt, box_from_dict
 from inference.fusion import fuse_classes
 from inference.harness.boxes import organiser_box
-from inference.model import load_model
 from inference.class_task import Effort, prepare
+from inference.pipelines import load_model
 from inference.pipelines import segment_class
 from scripts.synthetic_cases import grid_volume
 

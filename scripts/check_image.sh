@@ -11,16 +11,21 @@
 # 5. The demo cases through the harness twice: the evaluator's `docker container run` (one case in
 #    inputs at a time, a fresh container per call) and this checkout's predict.sh. Every answer must have
 #    the image's shape, dtype uint8 and only the case's labels, and the image must not score worse.
-# 6. The CodaBench file: `save | gzip` as <team>.tar.gz, loaded into an empty image store and run there.
-# Env: SEGFM_TEAM (segfm: the file is segfm.tar.gz, the tag segfm:latest), SEGFM_CHECK_DIR (work folder,
-# default /var/tmp/segfm-image-check: debootstrap's root file system, harness outputs, the .tar.gz),
-# SEGFM_GZIP_LEVEL (1).
+# 6. The CPU image (--build-arg TORCH=cpu: torch's CPU build, no CUDA library): built, its size, and the demo
+#    cases answered inside it exactly as outside (the same torch and OpenVINO as .venv).
+# 7. The server in both images (python -m inference.server): refused without a key beyond loopback, then asked
+#    by nnInteractive's client (scripts/try_server.py) for a box and a click on a demo case.
+# 8. The CodaBench file: `save | gzip` as <team>.tar.gz, loaded into an empty image store and run there.
+# Env: SEGFM_TEAM (segfm: the file is segfm.tar.gz, the tags segfm:latest and segfm:cpu), SEGFM_CHECK_DIR (work
+# folder, default /var/tmp/segfm-image-check: debootstrap's root file system, harness outputs, the .tar.gz),
+# SEGFM_GZIP_LEVEL (1), TORCH_CPU_WHEELS (/opt/wheels: where the CPU image's torch wheel lies).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 repo=$PWD
 team=${SEGFM_TEAM:-segfm}
 work=${SEGFM_CHECK_DIR:-/var/tmp/segfm-image-check}
 image="docker.io/library/$team:latest"  # what `docker load` of <team>.tar.gz must give: <team>:latest
+cpu_image="docker.io/library/$team:cpu"
 python="$repo/.venv/bin/python"
 mkdir -p "$work"
 started=$(date +%s)
@@ -119,28 +124,33 @@ build_s=$(seconds "$t0" "$(now)")
 echo "built in $build_s s (log: $work/build.log)"
 
 echo "image's Python: $($engine run --rm "$image" python3 --version)"
-size=$($engine image inspect "$image" --format '{{.Size}}')
 site=/opt/venv/lib/python3.11/site-packages
-holds=$($engine run --rm "$image" /bin/bash -c "cd $site && du -sb torch nvidia openvino numpy numpy.libs scipy scipy.libs \
-    sympy networkx cuda /opt/venv /workspace 2>/dev/null")
-say "image size: $(awk -v s="$size" 'BEGIN { printf "%.2f GB", s / 1e9 }') uncompressed (target <= 4.0 GB)"
-# du counts a file once per call: /opt/venv's line is what the paths before it left over
-echo "$holds" | awk -v total="$size" '
-    { mb[$2] = $1 / 1e6 }
-    END {
-        np = mb["numpy"] + mb["numpy.libs"] + mb["scipy"] + mb["scipy.libs"]
-        printf "  %-46s %8.0f MB\n", "torch (without CUDA libraries)", mb["torch"]
-        printf "  %-46s %8.0f MB\n", "CUDA libraries (nvidia-*-cu12)", mb["nvidia"]
-        printf "  %-46s %8.0f MB\n", "cuda-bindings (torch 2.10 dependency)", mb["cuda"]
-        printf "  %-46s %8.0f MB\n", "OpenVINO", mb["openvino"]
-        printf "  %-46s %8.0f MB\n", "numpy + scipy", np
-        printf "  %-46s %8.0f MB\n", "sympy + networkx (torch dependencies)", mb["sympy"] + mb["networkx"]
-        printf "  %-46s %8.0f MB\n", "rest of the venv (Python, small packages)", mb["/opt/venv"]
-        printf "  %-46s %8.0f MB\n", "ours: code, weights, OpenVINO IR and cache", mb["/workspace"]
-        venv = mb["torch"] + mb["nvidia"] + mb["cuda"] + mb["openvino"] + np + mb["sympy"] + mb["networkx"] + mb["/opt/venv"]
-        printf "  %-46s %8.0f MB\n", "base image (Debian + CPython)", total / 1e6 - venv - mb["/workspace"]
-    }'
-awk -v s="$size" 'BEGIN { exit !(s > 4.0e9) }' && echo "WARNING: over the 4.0 GB target" >&2
+report_size() {  # report_size IMAGE TARGET_GB: the image's size and its parts, a warning over the target
+    local size
+    size=$($engine image inspect "$1" --format '{{.Size}}')
+    say "$1: $(awk -v s="$size" 'BEGIN { printf "%.2f GB", s / 1e9 }') uncompressed (target <= $2 GB)"
+    # du counts a file once per call: /opt/venv's line is what the paths before it left over
+    $engine run --rm "$1" /bin/bash -c "cd $site && du -sb torch nvidia openvino numpy numpy.libs scipy scipy.libs \
+        sympy networkx cuda /opt/venv /workspace 2>/dev/null || true" | awk -v total="$size" '
+        { mb[$2] = $1 / 1e6 }
+        function row(name, value) { printf "  %-46s %8.0f MB\n", name, value }
+        END {
+            np = mb["numpy"] + mb["numpy.libs"] + mb["scipy"] + mb["scipy.libs"]
+            row(mb["nvidia"] > 0 ? "torch (without CUDA libraries)" : "torch (CPU build)", mb["torch"])
+            if (mb["nvidia"] > 0) row("CUDA libraries (nvidia-*-cu12)", mb["nvidia"])
+            if (mb["cuda"] > 0) row("cuda-bindings (torch 2.10 dependency)", mb["cuda"])
+            row("OpenVINO", mb["openvino"])
+            row("numpy + scipy", np)
+            row("sympy + networkx (torch dependencies)", mb["sympy"] + mb["networkx"])
+            row("rest of the venv (Python, small packages)", mb["/opt/venv"])
+            row("ours: code, weights, OpenVINO IR and cache", mb["/workspace"])
+            venv = mb["torch"] + mb["nvidia"] + mb["cuda"] + mb["openvino"] + np + mb["sympy"] + mb["networkx"] + mb["/opt/venv"]
+            row("base image (Debian + CPython)", total / 1e6 - venv - mb["/workspace"])
+        }'
+    awk -v s="$size" -v t="$2" 'BEGIN { exit !(s > t * 1e9) }' && echo "WARNING: over the $2 GB target" >&2
+    echo "$size" > "$work/size-${1##*:}"
+}
+report_size "$image" 4.0
 
 # --- 4. per-call start cost --------------------------------------------------------------------------
 empty="$work/start/inputs"
@@ -208,7 +218,75 @@ print(f"torch backend: {differ} of {a.size} voxels differ between the image's to
 sys.exit(1 if differ > a.size // 1000 else 0)
 EOF
 
-# --- 6. the CodaBench file ---------------------------------------------------------------------------
+# --- 6. the CPU image ---------------------------------------------------------------------------------
+say "building $cpu_image (TORCH=cpu)"
+cpu_args=("${build_args[@]}" --build-arg TORCH=cpu)
+wheels=${TORCH_CPU_WHEELS:-/opt/wheels}
+if [ "$engine" = podman ] && [ -d "$wheels" ]; then
+    # the lock's torch 2.13.0+cpu is not on PyPI: pip finds the locked file in this folder, mounted for the build only
+    cpu_args+=(-v "$wheels:/opt/wheels:ro" --build-arg PIP_FIND_LINKS=/opt/wheels)
+else
+    cpu_args+=(--build-arg PIP_EXTRA_INDEX_URL=https://download.pytorch.org/whl/cpu)
+fi
+t0=$(now)
+$engine build "${cpu_args[@]}" --build-arg "VERSION=$version" -t "$cpu_image" . > "$work/build-cpu.log" 2>&1 \
+    || { tail -n 30 "$work/build-cpu.log" >&2; exit 1; }
+cpu_build_s=$(seconds "$t0" "$(now)")
+echo "built in $cpu_build_s s (log: $work/build-cpu.log)"
+report_size "$cpu_image" 1.5
+$engine run --rm "$cpu_image" python -c "import pathlib, site, sys, torch
+cuda = sorted(p.name for p in pathlib.Path(site.getsitepackages()[0]).glob('nvidia*'))
+print(f'torch {torch.__version__}, CUDA build: {torch.version.cuda}, CUDA packages: {cuda or None}')
+sys.exit(1 if torch.version.cuda or cuda else 0)"
+say "the demo cases in the CPU image and outside (no budget: the answers must be the same)"
+same="$work/cpu-same"
+rm -rf "$same"
+mkdir -p "$same/inside" "$same/outside"
+$engine container run -m 32G --rm -v "$repo/demo/inputs/":/workspace/inputs/:ro -v "$same/inside/":/workspace/outputs/ \
+    "$cpu_image" /bin/bash -c "sh predict.sh /workspace/inputs /workspace/outputs --no-budget" > "$same/inside.log" 2>&1 \
+    || { cat "$same/inside.log" >&2; exit 1; }
+sh predict.sh demo/inputs "$same/outside" --no-budget > "$same/outside.log" 2>&1 || { cat "$same/outside.log" >&2; exit 1; }
+"$python" - "$same/inside" "$same/outside" <<'EOF'
+import sys
+from pathlib import Path
+
+import numpy as np
+
+inside, outside = Path(sys.argv[1]), Path(sys.argv[2])
+names = sorted(p.name for p in outside.glob("*.npz"))
+differ = {}
+for name in names:
+    with np.load(inside / name) as a, np.load(outside / name) as b:
+        differ[name] = int((a["segs"] != b["segs"]).sum())
+print("voxels that differ between the CPU image and .venv: " + ", ".join(f"{n} {d}" for n, d in differ.items()))
+sys.exit(1 if len(names) != 3 or any(differ.values()) else 0)
+EOF
+
+# --- 7. the server, in both images -------------------------------------------------------------------
+serve_check() {  # serve_check IMAGE: refused beyond loopback without a key; with one, a viewer's box and click answered
+    local name="segfm-server-check-$$" key="check-$$" port refused
+    if refused=$($engine run --rm "$1" python -m inference.server --host 0.0.0.0 2>&1); then
+        echo "FAIL: the server in $1 started on 0.0.0.0 without a key" >&2
+        exit 1
+    fi
+    echo "without a key: $refused"
+    port=$("$python" -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
+    # the host's network: no port mapping to set up in a sandbox (users publish the port: -p 1527:1527)
+    $engine run -d --rm --name "$name" --network host "$1" \
+        python -m inference.server --host 0.0.0.0 --port "$port" --api-key "$key" > /dev/null
+    if ! "$python" -m scripts.try_server "http://127.0.0.1:$port" --api-key "$key" --wait 180; then
+        $engine logs "$name" >&2 || true
+        $engine stop "$name" > /dev/null 2>&1 || true
+        exit 1
+    fi
+    $engine stop "$name" > /dev/null
+}
+for served in "$image" "$cpu_image"; do
+    say "the server in $served"
+    serve_check "$served"
+done
+
+# --- 8. the CodaBench file ---------------------------------------------------------------------------
 say "CodaBench file: $team.tar.gz"
 archive="$work/$team.tar.gz"
 t0=$(now)
@@ -256,4 +334,6 @@ EOF
     drop_store
 fi
 
-say "image check passed in $(( $(date +%s) - started )) s (build $build_s s)"
+say "image check passed in $(( $(date +%s) - started )) s (builds: $build_s s, CPU image $cpu_build_s s)"
+echo "sizes: $image $(awk '{ printf "%.2f GB", $1 / 1e9 }' "$work/size-latest"), $cpu_image" \
+    "$(awk '{ printf "%.2f GB", $1 / 1e9 }' "$work/size-cpu") uncompressed"

@@ -17,9 +17,10 @@ from pathlib import Path
 
 import torch
 
-from inference.model import build_network, read_spec, resenc_architecture
+from inference.model import build_network, resenc_architecture
 from inference.nninteractive.layout import CHECKPOINT_NAME, DEFAULT_CONFIGURATION, DEFAULT_POINT_RADIUS, PLANS_FILE, \
     SESSION_FILE
+from inference.pipelines import read_spec
 
 # v1.0's network, nnU-Net ResEnc-L, as its public plans.json describes it (Hugging Face MIC-DKFZ/nnInteractive,
 # nnInteractive_v1.0/plans.json; Isensee et al., arXiv 2503.08373)

@@ -20,7 +20,7 @@ import torch
 from inference.harness.metrics import auc
 from inference.harness.protocol import class_rows, load_training_case, replay_case
 from inference.harness.report import format_strata, modality, summarize_strata
-from inference.model import load_model
+from inference.pipelines import load_model
 from training.calibrate import InProcessPredictor
 
 

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from inference.model import load_model
+from inference.pipelines import load_model
 from inference.predict import DEFAULT_MODEL
 
 REPO = Path(__file__).resolve().parent.parent

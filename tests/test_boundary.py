@@ -11,8 +11,9 @@ from inference.segfm.boundary import BoundaryRefinement, refine_boundary
 from inference.case_io import Box, ClassPrompt
 from inference.field_of_view import FieldOfView, sample_area
 from inference.fusion import BlockProbability, PatchProbability, fuse_classes
-from inference.model import Model, read_spec
+from inference.model import Model
 from inference.class_task import Effort, prepare
+from inference.pipelines import read_spec
 from inference.pipelines import segment_class
 from tests.test_model import tiny_spec, write_spec
 from tests.test_segment import PATCH, make_case, model  # noqa: F401 (the module's tiny model fixture)

@@ -12,7 +12,7 @@ from pathlib import Path
 import torch
 import torch.multiprocessing
 
-from inference.model import load_model
+from inference.pipelines import load_model
 from training import distributed
 from training.feed import InProcessFeed, WorkerFeed
 from training.label_maps import LabelSources

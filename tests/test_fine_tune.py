@@ -11,8 +11,9 @@ import numpy as np
 import pytest
 import torch
 
-from inference.model import load_model, load_state_dict, read_spec
+from inference.model import load_state_dict
 from inference.nninteractive.layout import CHANNELS
+from inference.pipelines import load_model, read_spec
 from training.samples import Sample
 from scripts.make_nninteractive_layout import RESENC_L_FEATURES
 from training.train import DEFAULT_CONFIG, batch_loss, learning_rate, loss_terms, main, run_spec

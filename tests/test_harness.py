@@ -316,7 +316,7 @@ def test_cli_runs_shards_that_merge_into_the_same_numbers_twice(tmp_path, capsys
 
 
 def test_cli_with_the_shipped_model_on_a_demo_case(tmp_path):
-    """The README's harness command on one shipped demo case, through predict.sh."""
+    """The harness command of the README and docs/harness.md on one shipped demo case, through predict.sh."""
     cases = tmp_path / "cases"
     cases.mkdir()
     (cases / "CT_demo_box.npz").symlink_to(REPO / "demo" / "inputs" / "CT_demo_box.npz")

@@ -80,7 +80,7 @@ def test_the_cycle_finder_finds_a_cycle_through_three_modules():
 
 def test_the_graph_sees_relative_imports_inside_functions():
     graph = import_graph()
-    assert "inference.model" in graph["inference.openvino_export"]
+    assert "inference.pipelines" in graph["inference.openvino_export"]
     assert "inference.segfm.segment" in graph["inference.pipelines"]  # `from .segfm import segment`
 
 
@@ -94,3 +94,31 @@ def test_the_container_code_needs_nothing_outside_inference(outside):
     users = sorted(m for m, targets in graph.items() if m.startswith("inference")
                    for t in targets if t.startswith(outside))
     assert users == []
+
+
+
+PIPELINE_FOLDERS = ("inference.segfm", "inference.nninteractive")
+
+
+def in_folder(module: str, folder: str) -> bool:
+    return module == folder or module.startswith(folder + ".")
+
+
+def reaching_into_pipelines(graph: dict[str, set[str]]) -> list[str]:
+    """Imports of a pipeline folder from anywhere in inference/ but that folder itself and the table (pipelines.py)."""
+    return sorted(f"{m} -> {t}" for m, targets in graph.items() if m.startswith("inference") for t in targets
+                  for folder in PIPELINE_FOLDERS
+                  if in_folder(t, folder) and not in_folder(m, folder) and m != "inference.pipelines")
+
+
+def test_only_the_pipeline_table_imports_a_pipeline_folder():
+    """Shared modules (model, class_task, fusion, the segmenter, the server, ...) know no pipeline: `pipelines.py`
+    is the one place that names them, and a pipeline folder never reaches into another one."""
+    assert reaching_into_pipelines(import_graph()) == []
+
+
+def test_the_pipeline_rule_sees_a_shared_module_or_a_sibling_pipeline_reaching_in():
+    graph = {"inference.model": {"inference.segfm.settings"}, "inference.pipelines": {"inference.segfm.segment"},
+             "inference.nninteractive.view": {"inference.segfm.inputs"}, "training.train": {"inference.segfm.inputs"}}
+    assert reaching_into_pipelines(graph) == ["inference.model -> inference.segfm.settings",
+                                              "inference.nninteractive.view -> inference.segfm.inputs"]

@@ -17,13 +17,12 @@ from inference.model import (
     ModelSpec,
     _resolve_configuration,
     build_network,
-    load_model,
     load_state_dict,
-    read_spec,
     resenc_architecture,
     save_model,
 )
 from inference.normalisation import intensity_stats
+from inference.pipelines import load_model, read_spec
 from inference.prompts import PromptEncoding
 
 DEFAULT_MODEL = Path(inference.__file__).resolve().parent.parent / "model_weights" / "default"

@@ -8,8 +8,9 @@ import shutil
 import pytest
 import torch
 
-from inference.model import build_network, load_model, load_state_dict, read_spec, resenc_architecture
+from inference.model import build_network, load_state_dict, resenc_architecture
 from inference.nninteractive.layout import CHANNELS, DEFAULT_CONFIGURATION, derive_spec, is_layout
+from inference.pipelines import load_model, read_spec
 from inference.prompts import PromptEncoding
 from scripts.make_nninteractive_layout import RESENC_L_BLOCKS, RESENC_L_FEATURES, official_plans
 from nninteractive_fixtures import SMALL_CONFIGURATION, SMALL_PATCH, layout_plans, small_layout

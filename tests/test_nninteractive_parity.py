@@ -27,7 +27,7 @@ else:
 
 from inference.case_io import Box, Case, ClassPrompt
 from inference.fusion import fuse_classes
-from inference.model import load_model
+from inference.pipelines import load_model
 from inference.predict import predict_case
 from inference.class_task import Effort, prepare
 from inference.pipelines import segment_class

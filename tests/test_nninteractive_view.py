@@ -12,15 +12,15 @@ import torch.nn.functional as F
 from inference.autozoom import SESSION_BORDER
 from inference.case_io import Box, Case, ClassPrompt
 from inference.fusion import BlockMask, MaskProbability, PatchOverMask, PatchProbability, fuse_classes
-from inference.model import load_model
 from inference.nninteractive.layout import CHANNELS
 from inference.nninteractive.filters import dilate, window_extreme
 from inference.nninteractive.refine import changed_region, cover, plan
 from inference.nninteractive.view import View, class_stamps, network_input, odd_kernel, ordered_clicks, stored_box
+from inference.pipelines import load_model
 from inference.prompts import ball_template
 from inference.class_task import Effort, prepare
-from inference.pipelines import segment_class
 from inference.nninteractive.segment import decisive_probability
+from inference.pipelines import segment_class
 from scripts.synthetic_cases import case_arrays, make_volume, write_case
 from nninteractive_fixtures import SMALL_PATCH, sample_image, small_layout
 

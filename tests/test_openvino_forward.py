@@ -10,9 +10,10 @@ import numpy as np
 import pytest
 import torch
 
-from inference.model import create_random_model, load_model
+from inference.model import create_random_model
 from inference.openvino_export import export
 from inference.openvino_forward import IR_FOLDER, SOURCE_FILE, current_ir
+from inference.pipelines import load_model
 from inference.predict import DEFAULT_MODEL, main
 from hostile_cases import tiny_model_spec
 

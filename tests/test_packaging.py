@@ -26,9 +26,10 @@ def test_readme_first_screen_has_the_two_commands_and_ci_runs_the_test_one():
     assert "sh scripts/setup.sh" in ci_lines
 
 
-def lock_pins() -> dict[str, str]:
-    text = (REPO / "requirements-image.lock").read_text()
-    return {m.group(1): m.group(2) for m in re.finditer(r"^([a-z0-9-]+)==(\S+) \\\n    --hash=sha256:[0-9a-f]{64}$", text, re.M)}
+def lock_pins(name: str = "requirements-image.lock") -> dict[str, str]:
+    text = (REPO / name).read_text()
+    return {m.group(1): m.group(2)
+            for m in re.finditer(r"^([a-z0-9-]+)==(\S+) \\\n    --hash=sha256:[0-9a-f]{64}(  # from \S+)?$", text, re.M)}
 
 
 def requirement_pins(name: str) -> dict[str, str]:
@@ -41,7 +42,8 @@ def test_docker_installs_the_lock_with_hashes_and_setup_the_same_requirement_fil
     setup = (REPO / "scripts" / "setup.sh").read_text()
     assert re.search(r"install (-c \S+ )?-r \S*requirements\.txt", setup)
     assert re.search(r"install (-c \S+ )?--no-deps -r \S*requirements-nodeps\.txt", setup)
-    assert re.search(r"pip install --no-deps --require-hashes .*-r \S*requirements-image\.lock", dockerfile)
+    assert re.search(r"pip install --no-deps --require-hashes .*-r \"\$lock\"", dockerfile)
+    assert re.search(r"cuda\) lock=\S*requirements-image\.lock ;; cpu\) lock=\S*requirements-image-cpu\.lock ;;", dockerfile)
     assert "WORKDIR /workspace" in dockerfile
     for path in ("predict.sh", "inference", "model_weights"):
         assert re.search(rf"^COPY {path}", dockerfile, re.M), path
@@ -65,6 +67,20 @@ def test_image_lock_pins_every_package_with_a_hash_and_matches_the_tested_versio
             assert tested[name] == version, name
     for name in requirement_pins("requirements-image.in"):
         assert name in lock, name
+
+
+def test_the_cpu_image_lock_has_the_cpu_torch_and_no_cuda_library():
+    cpu, cuda = lock_pins("requirements-image-cpu.lock"), lock_pins()
+    entries = [line for line in (REPO / "requirements-image-cpu.lock").read_text().splitlines() if "==" in line]
+    assert len(cpu) == len(entries) > 20
+    assert cpu["torch"].endswith("+cpu")
+    assert not [name for name in cpu if name.startswith(("nvidia-", "cuda-")) or name == "triton"]
+    for name in requirement_pins("requirements-image.in"):
+        assert cpu[name] == cuda[name], name  # the images differ in torch and its dependencies only
+    differ = {name for name in set(cpu) | set(cuda) if cpu.get(name) != cuda.get(name)}
+    torch_and_its_own = {"torch", "filelock", "fsspec", "jinja2", "markupsafe", "mpmath", "networkx", "setuptools", "sympy",
+                         "typing-extensions"}
+    assert "torch" in differ and all(name.startswith(("nvidia-", "cuda-")) or name in torch_and_its_own for name in differ)
 
 
 def test_no_cuda_torch_and_no_timm_chain_in_this_environment():

@@ -20,8 +20,8 @@ import inference.segfm.segment as segment
 from inference.case_io import Case, ClassPrompt
 from inference.class_task import Effort, prepare
 from inference.fusion import PatchWithinMask, fuse_classes
-from inference.model import Model, create_random_model, load_model, read_spec, resenc_architecture
-from inference.pipelines import segment_class
+from inference.model import Model, create_random_model, resenc_architecture
+from inference.pipelines import load_model, read_spec, segment_class
 from inference.segfm.scale_search import ScaleSearch, click_depth, face_cover
 
 PATCH = 16

@@ -16,7 +16,8 @@ from inference.case_io import Box, Case, ClassPrompt
 from inference.class_task import Effort, PreparedCase, fallback, label_regions, prepare
 from inference.field_of_view import FieldOfView
 from inference.fusion import BlockProbability, MaskProbability, PatchProbability, fuse_classes
-from inference.model import Model, create_random_model, load_model, resenc_architecture
+from inference.model import Model, create_random_model, resenc_architecture
+from inference.pipelines import load_model
 from inference.prompts import box_channel, click_channel
 from inference.geometry import region_of
 from inference.pipelines import segment_class
@@ -235,7 +236,7 @@ def test_border_changed_thresholds():
 
 def test_network_input_channel_order_and_previous_channel(tmp_path):
     layout = ["prev_seg", "zero", "bg_clicks", "image", "box", "fg_clicks"]
-    from inference.model import read_spec
+    from inference.pipelines import read_spec
 
     (tmp_path / "model.json").write_text(__import__("json").dumps(tiny_spec(channels=layout)))
     spec = read_spec(tmp_path)

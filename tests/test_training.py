@@ -16,7 +16,8 @@ import torch
 from inference.case_io import Case, ClassPrompt
 from inference.harness.boxes import organiser_box
 from inference.harness.simulated_user import Click, simulate_click
-from inference.model import Model, load_model, read_spec
+from inference.model import Model
+from inference.pipelines import load_model, read_spec
 from inference.predict import DEFAULT_MODEL, predict_case
 from scripts.synthetic_cases import make_volume
 from training import floors

@@ -24,7 +24,8 @@ import numpy as np
 from inference import predict
 from inference.harness.metrics import auc
 from inference.harness.protocol import TrainingCase, load_training_case, replay_case
-from inference.model import SPEC_FILE, Model, load_model
+from inference.model import SPEC_FILE, Model
+from inference.pipelines import load_model
 from inference.segfm.settings import BOX_SETTINGS, PROMPT_SETTINGS
 
 from .validate import case_tool_parser, write_validation_cases

@@ -40,10 +40,10 @@ from inference.model import (
     foreground_from_logits,
     load_state_dict,
     pick_device,
-    read_spec,
     resenc_architecture,
     save_model,
 )
+from inference.pipelines import read_spec
 
 from . import distributed
 from .distributed import Ranks

@@ -26,6 +26,8 @@ DEFAULT_POINT_RADIUS = 4
 DEFAULT_DECAY = 0.98
 LEGACY_STRING_DECAY = 0.9
 DEFAULT_BOX_MODE = "mid_slice"  # v1.0 was trained on 2D boxes; the package refuses 3D ones
+LICENSE_FILE = "LICENSE"
+DOWNLOAD_LICENSE = "CC BY-NC-SA 4.0"  # the v1.0 weights' licence, as the package reports it without a LICENSE file
 
 
 @dataclass(frozen=True)
@@ -87,4 +89,12 @@ def derive_spec(folder: str | os.PathLike) -> dict:
         "max_zoom": 4,
         "pipeline": "nninteractive",
         "interaction_decay": decay,
+        "license": folder_license(folder),
     }
+
+
+def folder_license(folder: Path) -> str:
+    """The first line of the folder's LICENSE file, else the download's licence."""
+    path = folder / LICENSE_FILE
+    lines = [line.strip() for line in path.read_text(errors="replace").splitlines()] if path.is_file() else []
+    return next((line for line in lines if line), DOWNLOAD_LICENSE)

@@ -30,7 +30,7 @@ class BoundaryRefinement:
 
     min_zoom: float = 1.5  # below it the network's own boundary is fine enough
     # With a box, from this zoom on (None: `min_zoom`). Without one, refining zoom-1 answers grew
-    # them into neighbours of the same intensity on the real CAT12 template (README, validation).
+    # them into neighbours of the same intensity on the real CAT12 template (docs/shipped_model.md).
     min_zoom_with_box: float | None = None
     weight: float = 1.0  # scales the intensity log-likelihood ratio
     clip: float = 4.0  # the ratio's limit, in logits (after `weight`)

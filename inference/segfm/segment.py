@@ -56,7 +56,7 @@ def segment_class(model: Model, prepared: PreparedCase, prompt: ClassPrompt, eff
             fov, probs, how = first, zoomed.first.answer, how + f", scale search kept zoom {first.zoom:.2f} (click off centre)"
     how += f", zoom {fov.zoom:.2f}, {passes} pass{'es' * (passes > 1)}"
     # the organisers' box spans exactly the object's slices: nothing of it lies outside them
-    z_range = (prompt.box.lo[0], prompt.box.hi[0]) if has_box else None
+    z_range = (prompt.box.lo[0], prompt.box.hi[0]) if has_box and prompt.box.z_known else None
     answer = PatchProbability.from_network(prompt.label, fov, probs, z_range)
     tiled = None
     if settings.full_resolution_tiles and has_box and fov.zoom > 1 and effort.max_passes > 1:

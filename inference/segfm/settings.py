@@ -26,7 +26,7 @@ class SegFMSettings:
     logit_offset: dict[str, float] = field(default_factory=dict)
     boundary: BoundaryRefinement | None = None  # sharpen zoomed-out answers (boundary.py)
     # a box answer seen zoomed out is predicted again in zoom-1 tiles (tiles.py); only for weights trained on
-    # such tiles (training prompting "p_tile"): others lost DSC with it (README)
+    # such tiles (training prompting "p_tile"): others lost DSC with it (docs/shipped_model.md)
     full_resolution_tiles: bool = False
     scale_search: ScaleSearch | None = None  # without a box, look wider while the object goes on (scale_search.py)
     # without a box, a negative click is answered on the zoom-1 view around it (segment.remove_around_click)
