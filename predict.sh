@@ -8,4 +8,5 @@ python=${PYTHON:-}
 if [ -z "$python" ]; then
     if [ -x "$here/.venv/bin/python" ]; then python="$here/.venv/bin/python"; else python=python3; fi
 fi
-PYTHONPATH="$here${PYTHONPATH:+:$PYTHONPATH}" exec "$python" -m inference "$@"
+# -P: the caller's folder is not put first on sys.path, so another checkout's `inference` there is not run
+PYTHONPATH="$here${PYTHONPATH:+:$PYTHONPATH}" exec "$python" -P -m inference "$@"

@@ -24,6 +24,17 @@ def volume():
     return make_volume((32, 72, 80), n_objects=3, seed=5)
 
 
+def test_the_code_beside_predict_sh_runs_whatever_the_callers_folder_holds(tmp_path, run_predict_sh):
+    """Run from another checkout's folder (the harness replaying an older version), python -m inference would
+    otherwise find that folder's `inference` first."""
+    (tmp_path / "inference").mkdir()
+    (tmp_path / "inference" / "__init__.py").write_text("")
+    (tmp_path / "inference" / "__main__.py").write_text("raise SystemExit('the wrong inference package ran')\n")
+    result = run_predict_sh(tmp_path / "no-such-inputs", tmp_path / "out", cwd=tmp_path)
+    assert "the wrong inference package" not in result.stderr
+    assert result.returncode == 3 and "does not exist" in result.stderr  # our predict.py's answer
+
+
 def test_every_call_kind_gets_a_well_formed_answer(tmp_path, run_predict_sh, volume):
     image, labels = volume
     prev = np.where(labels == 2, 2, 0).astype(np.uint8)
