@@ -16,13 +16,13 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-import inference.segfm.segment as segment
 from inference.case_io import Case, ClassPrompt
 from inference.class_task import Effort, prepare
 from inference.fusion import PatchWithinMask, fuse_classes
 from inference.model import Model, create_random_model, resenc_architecture
 from inference.pipelines import load_model, read_spec, segment_class
 from inference.segfm.scale_search import ScaleSearch, click_depth, face_cover
+from tests.test_segment import record_fovs
 
 PATCH = 16
 NEAR = 3  # patch voxels around the click ball where the stand-in network is sure
@@ -65,16 +65,9 @@ def bright_case(inside: tuple[slice, ...], click: tuple[int, int, int], prev: np
 
 
 def looks(monkeypatch) -> list:
-    seen = []
-    original = segment.network_input
-
-    def recording(model, prepared, prompt, fov, previous=None):
-        seen.append(fov)
-        return original(model, prepared, prompt, fov, previous=previous)
-
-    monkeypatch.setattr(segment, "network_input", recording)
+    """The views the pipeline looks at, in order, each answered by the stand-in network."""
     monkeypatch.setattr(Model, "probability", one_click_stand_in)
-    return seen
+    return record_fovs(monkeypatch)
 
 
 def answer_mask(outcome) -> np.ndarray:
