@@ -45,11 +45,15 @@ class Target:
     mask: np.ndarray
 
 
-def atlas_names(atlas: str, data_dir: Path = DATA_DIR) -> dict[int, str]:
-    """Region id -> name from the atlas's `;`-separated CSV."""
+def atlas_rows(atlas: str, data_dir: Path = DATA_DIR) -> dict[str, dict]:
+    """Region name -> its row (ROIid, and Hemisphere and CircRegion where the atlas has them) from the atlas's CSV."""
     with open(data_dir / f"{atlas}.csv", newline="") as f:
-        rows = list(csv.DictReader(f, delimiter=";"))
-    return {int(r["ROIid"]): r["ROIname"].strip() for r in rows}
+        return {r["ROIname"].strip(): r for r in csv.DictReader(f, delimiter=";")}
+
+
+def atlas_names(atlas: str, data_dir: Path = DATA_DIR) -> dict[int, str]:
+    """Region id -> name."""
+    return {int(r["ROIid"]): name for name, r in atlas_rows(atlas, data_dir).items()}
 
 
 def regions(labels: np.ndarray, names: dict[int, str], keep) -> np.ndarray:
@@ -85,8 +89,9 @@ def cat12_targets(split: str, data_dir: Path) -> list[Target]:
     template = cat12_template_on_atlas_grid(data_dir)[crop]
     if split == "tuning":
         labels, names = read_atlas("neuromorphometrics", data_dir)[crop], atlas_names("neuromorphometrics", data_dir)
-        side = {n: r["Hemisphere"] for n, r in _rows("neuromorphometrics", data_dir).items()}
-        circ = {n: r["CircRegion"] for n, r in _rows("neuromorphometrics", data_dir).items()}
+        rows = atlas_rows("neuromorphometrics", data_dir)
+        side = {n: r["Hemisphere"] for n, r in rows.items()}
+        circ = {n: r["CircRegion"] for n, r in rows.items()}
         wanted = {
             "lefthemisphere": lambda n: side[n] == "left",
             "rightfrontal": lambda n: circ[n] == "Frontal lobe" and side[n] == "right",
@@ -124,11 +129,6 @@ def cat12_targets(split: str, data_dir: Path) -> list[Target]:
         "thirdventricle": lambda n: n == "Third ventricle",
     }
     return [Target(f"MR_cat12-{key}", template, regions(labels, names, keep)) for key, keep in wanted.items()]
-
-
-def _rows(atlas: str, data_dir: Path) -> dict[str, dict]:
-    with open(data_dir / f"{atlas}.csv", newline="") as f:
-        return {r["ROIname"].strip(): r for r in csv.DictReader(f, delimiter=";")}
 
 
 def ct_targets(split: str, data_dir: Path) -> list[Target]:
